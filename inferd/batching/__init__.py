@@ -1,0 +1,1 @@
+"""The dynamic batcher for tensor runtimes: a pure queue policy and its asyncio driver."""

@@ -1,0 +1,97 @@
+"""Protocol-neutral tensor requests and responses: what transports decode into and encode from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inferd.datatypes import DataType
+
+Array = npt.NDArray[Any]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as the model declares it."""
+
+    name: str
+    datatype: DataType
+    dims: tuple[int, ...]
+    """Shape without the batch dimension; -1 marks a variable dimension."""
+
+
+@dataclass
+class Tensor:
+    """A named tensor with data. The array's shape is the tensor's shape (batch dimension included)."""
+
+    name: str
+    datatype: DataType
+    data: Array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.data.shape)
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """An output the client asked for, with the transport's encoding wish."""
+
+    name: str
+    binary: bool | None = None
+    """Binary encoding wanted (REST binary extension); None means the transport's default."""
+
+
+@dataclass
+class InferRequest:
+    """One inference call on a tensor model."""
+
+    model: str
+    version: str | None
+    inputs: list[Tensor]
+    outputs: list[OutputRequest] | None = None
+    """Outputs to return; None returns every output."""
+    id: str = ""
+    """The client's request id (echoed back)."""
+    timeout_us: int | None = None
+    """Client timeout in microseconds (V2 `timeout` parameter); None uses the model default."""
+    priority: int = 0
+    """1 is the highest priority level; 0 means the model's default."""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def input(self, name: str) -> Tensor | None:
+        for t in self.inputs:
+            if t.name == name:
+                return t
+        return None
+
+
+@dataclass
+class InferResponse:
+    """The result of one inference call."""
+
+    model: str
+    version: str
+    outputs: list[Tensor]
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def batch_rows(request: InferRequest, max_batch_size: int) -> int:
+    """Rows a request contributes to a batch: its first dimension when the model batches, else 1."""
+    if max_batch_size == 0 or not request.inputs:
+        return 1
+    return int(request.inputs[0].data.shape[0])
+
+
+def empty_like_spec(spec: TensorSpec, rows: int) -> Array:
+    """A zero tensor for `spec` with `rows` batch rows (variable dims become 1); used for warm-up."""
+    dims = tuple(1 if d < 0 else d for d in spec.dims)
+    if spec.datatype.name == "BYTES":
+        arr = np.empty((rows, *dims), dtype=np.object_)
+        arr.fill(b"")
+        return arr
+    return np.zeros((rows, *dims), dtype=spec.datatype.numpy)
