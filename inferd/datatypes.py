@@ -103,8 +103,12 @@ def serialize_bytes(array: npt.NDArray[np.generic]) -> bytes:
 
 def deserialize_bytes(buf: bytes | memoryview, count: int, name: str) -> npt.NDArray[np.object_]:
     """Parse `count` length-prefixed BYTES elements; InvalidInput if the buffer is short or long."""
-    out = np.empty(count, dtype=np.object_)
     view = memoryview(buf)
+    if count * 4 > len(view):
+        raise InvalidInput(
+            f"input {name!r}: {len(view)} bytes of BYTES data cannot hold the {count} elements its shape needs"
+        )
+    out = np.empty(count, dtype=np.object_)
     offset = 0
     total = len(view)
     for i in range(count):

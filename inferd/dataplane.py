@@ -1,0 +1,92 @@
+"""The protocol-neutral entry point shared by every transport: inference, readiness, metadata, repository.
+
+Transports reach it through the gateway stage; it asks the model manager for the loaded version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from inferd import __version__
+from inferd.repository.manager import IndexEntry, ModelManager
+from inferd.repository.model_version import ModelVersion
+from inferd.tensors import InferRequest, InferResponse
+
+SERVER_NAME = "inferd"
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "statistics",
+    "schedule_policy",
+)
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+class DataPlane:
+    """Inference and model queries over the model manager."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+        self._ready = False
+        self._draining = False
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS)
+
+    def model(self, name: str, version: str | None = None) -> ModelVersion:
+        """The loaded version (NotFound / NotReady otherwise)."""
+        return self.manager.get(name, version)
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            self.manager.get(name, version)
+        except Exception:
+            return False
+        return True
+
+    def model_versions(self, name: str) -> list[str]:
+        return sorted(
+            (v.version for v in self.manager.ready_versions() if v.name == name), key=int
+        )
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        version = self.manager.get(request.model, request.version)
+        return await version.infer(request)
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        return self.manager.index(ready_only)
+
+    async def load(self, name: str) -> None:
+        await self.manager.load(name)
+
+    async def unload(self, name: str) -> None:
+        await self.manager.unload(name)
+
+    def statistics(self, name: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
+        """Triton-shaped statistics of the ready versions (one model, one version, or all)."""
+        if name:
+            versions = [self.manager.get(name, version)] if version else [
+                v for v in self.manager.ready_versions() if v.name == name
+            ]
+            if not versions:
+                self.manager.get(name)  # raises NotFound / NotReady
+        else:
+            versions = self.manager.ready_versions()
+        return [v.stats.as_dict(v.name, v.version) for v in versions]

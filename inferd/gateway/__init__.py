@@ -1,0 +1,1 @@
+"""The gateway stage: identity, policy and accounting in front of the dataplane (no web imports)."""

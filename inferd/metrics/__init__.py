@@ -1,0 +1,1 @@
+"""Prometheus metrics: every name and label lives in `registry.py`."""

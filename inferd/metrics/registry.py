@@ -1,0 +1,76 @@
+"""Every Prometheus metric inferd exports, in one place. One `Metrics` per server (no global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Request latencies from sub-millisecond tensor calls to long LLM generations.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The server's metrics, registered on its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "inferd_requests",
+            "Requests handled, by outcome code of the protocol.",
+            ["model", "version", "protocol", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "inferd_request_duration_seconds",
+            "Time from a request's arrival at the gateway to its response.",
+            ["model", "version", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "inferd_queue_duration_seconds",
+            "Time requests waited in the batcher queue.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute_duration = Histogram(
+            "inferd_compute_duration_seconds",
+            "Time the runtime spent executing a batch.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "inferd_batch_size",
+            "Rows per executed batch.",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "inferd_queue_depth", "Requests waiting in the batcher queue.", ["model", "version"], registry=r
+        )
+        self.model_ready = Gauge(
+            "inferd_model_ready", "1 when the model version is loaded and ready.", ["model", "version"], registry=r
+        )
+
+    def track_queue_depth(self, model: str, version: str, depth: Callable[[], int]) -> None:
+        self.queue_depth.labels(model, version).set_function(depth)
+
+    def forget_version(self, model: str, version: str) -> None:
+        """Drop per-version gauges of an unloaded version (its ready gauge goes to 0)."""
+        try:
+            self.queue_depth.remove(model, version)
+        except KeyError:
+            pass
+        self.model_ready.labels(model, version).set(0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,229 @@
+"""The model manager: loads, unloads and reloads models from the repository, and reports their state.
+
+Control modes (Triton's): `none` loads everything at start and never changes; `explicit` loads what
+`--load-model` names (or everything when none is named) and then follows the repository API; `poll` also
+rescans the repository and reloads models whose files changed. A model that fails to load is reported with its
+reason and never affects the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from inferd.configfile import ConfigError
+from inferd.errors import InferdError, InvalidInput, ModelLoadError, NotFound, NotReady
+from inferd.metrics.registry import Metrics
+from inferd.repository import discovery
+from inferd.repository.model_config import ModelConfig, load_model_config
+from inferd.repository.model_version import ModelVersion, warmup
+from inferd.runtimes.base import Runtime
+from inferd.runtimes.onnx import OnnxRuntime
+
+log = logging.getLogger("inferd.repository")
+
+ControlMode = Literal["none", "explicit", "poll"]
+RuntimeLoader = Callable[[Path, ModelConfig], Runtime]
+
+
+class ModelState(Enum):
+    READY = "READY"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of the repository index."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+@dataclass
+class _Model:
+    name: str
+    state: ModelState = ModelState.UNAVAILABLE
+    reason: str = ""
+    versions: dict[str, ModelVersion] = field(default_factory=dict)
+    fingerprint: str = ""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ModelManager:
+    """Owns every loaded model version."""
+
+    def __init__(
+        self,
+        repository: Path,
+        metrics: Metrics,
+        control_mode: ControlMode = "none",
+        poll_interval_s: float = 5.0,
+        loaders: dict[str, RuntimeLoader] | None = None,
+    ) -> None:
+        self.repository = repository
+        self.control_mode = control_mode
+        self.poll_interval_s = poll_interval_s
+        self._metrics = metrics
+        self._loaders: dict[str, RuntimeLoader] = loaders or {"onnx": OnnxRuntime.load}
+        self._models: dict[str, _Model] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self, load_models: list[str] | None = None) -> None:
+        """Load the startup models; start polling when the mode is `poll`."""
+        found = discovery.scan(self.repository)
+        if self.control_mode == "explicit" and load_models:
+            names = list(load_models)
+        else:
+            names = list(found)
+        for name in names:
+            try:
+                await self.load(name)
+            except InferdError:
+                pass  # reported in the log and the index; the others keep loading
+        if self.control_mode == "poll":
+            self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        for name in list(self._models):
+            await self.unload(name)
+
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        """The ready version (the highest when `version` is None). NotFound / NotReady otherwise."""
+        model = self._models.get(name)
+        if model is None or (not model.versions and model.state is not ModelState.LOADING):
+            if model is None and not (self.repository / name).is_dir():
+                raise NotFound(f"unknown model {name!r}")
+            raise NotReady(f"model {name!r} is not ready" + (f": {model.reason}" if model and model.reason else ""))
+        if not model.versions:
+            raise NotReady(f"model {name!r} is loading")
+        if version is None or version == "":
+            return model.versions[max(model.versions, key=int)]
+        found = model.versions.get(version)
+        if found is None:
+            if not version.isdigit():
+                raise InvalidInput(f"model version {version!r} is not a positive integer")
+            raise NotFound(f"unknown version {version!r} of model {name!r}")
+        return found
+
+    def ready_versions(self) -> list[ModelVersion]:
+        return [v for m in self._models.values() for v in m.versions.values()]
+
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """Every model of the repository with its state, loaded or not."""
+        entries: list[IndexEntry] = []
+        on_disk = discovery.scan(self.repository)
+        for name in sorted(set(on_disk) | set(self._models)):
+            model = self._models.get(name)
+            if model is not None and model.versions:
+                entries += [
+                    IndexEntry(name, v, ModelState.READY.value, "") for v in sorted(model.versions, key=int)
+                ]
+            elif not ready_only:
+                state = model.state.value if model else ModelState.UNAVAILABLE.value
+                reason = model.reason if model else "unloaded"
+                entries.append(IndexEntry(name, "", state, reason))
+        return entries
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) every version of `name` its version policy selects."""
+        model_dir = discovery.scan(self.repository).get(name)
+        if model_dir is None:
+            raise NotFound(f"unknown model {name!r}: no folder {name!r} in the model repository")
+        model = self._models.setdefault(name, _Model(name))
+        async with model.lock:
+            old = dict(model.versions)
+            model.state = ModelState.LOADING if not old else model.state
+            model.fingerprint = model_dir.fingerprint()
+            try:
+                fresh = await asyncio.to_thread(self._load_versions, model_dir)
+            except ModelLoadError as exc:
+                model.state = ModelState.UNAVAILABLE if not old else model.state
+                model.reason = exc.message
+                log.error("model %s failed to load: %s", name, exc.message)
+                raise
+            versions: dict[str, ModelVersion] = {}
+            for version, (sha, config, runtime) in fresh.items():
+                versions[version] = ModelVersion(name, version, sha, config, runtime, self._metrics)
+                log.info("model %s version %s loaded (sha256 %s)", name, version, sha[:12])
+            model.versions = versions
+            model.state = ModelState.READY
+            model.reason = ""
+        for version in old.values():
+            await version.close()
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name`; waits for its in-flight requests."""
+        model = self._models.get(name)
+        if model is None:
+            if name not in discovery.scan(self.repository):
+                raise NotFound(f"unknown model {name!r}")
+            return
+        async with model.lock:
+            old = list(model.versions.values())
+            model.versions = {}
+            model.state = ModelState.UNLOADING
+            for version in old:
+                await version.close()
+            model.state = ModelState.UNAVAILABLE
+            model.reason = "unloaded"
+            log.info("model %s unloaded", name)
+
+    def _load_versions(self, model_dir: discovery.ModelDir) -> dict[str, tuple[str, ModelConfig, Runtime]]:
+        """Blocking: read config, load runtimes, warm up (runs in a worker thread)."""
+        try:
+            config = load_model_config(model_dir.path)
+        except ConfigError as exc:
+            raise ModelLoadError(str(exc)) from None
+        present = model_dir.versions()
+        if not present:
+            raise ModelLoadError(f"model {model_dir.name!r} has no version folders (1/, 2/, ...)")
+        selected = config.version_policy.select(present)
+        if not selected:
+            raise ModelLoadError(f"version_policy selects none of the versions present {present}")
+        loader = self._loaders.get(config.runtime)
+        if loader is None:
+            raise ModelLoadError(f"runtime {config.runtime!r} is not available")
+        loaded: dict[str, tuple[str, ModelConfig, Runtime]] = {}
+        for number in selected:
+            version_dir = model_dir.path / str(number)
+            sha = discovery.version_sha256(version_dir)
+            try:
+                runtime = loader(version_dir, config)
+                warmup(runtime, config)
+            except ModelLoadError:
+                raise
+            except Exception as exc:  # a model must never take the server down with it
+                raise ModelLoadError(f"version {number}: {type(exc).__name__}: {exc}") from None
+            loaded[str(number)] = (sha, config, runtime)
+        return loaded
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            await self.poll_once()
+
+    async def poll_once(self) -> None:
+        """Load new models, reload changed ones, unload removed ones."""
+        found = discovery.scan(self.repository)
+        for name in list(self._models):
+            if name not in found:
+                await self.unload(name)
+                del self._models[name]
+        for name, model_dir in found.items():
+            model = self._models.get(name)
+            if model is None or model.fingerprint != model_dir.fingerprint():
+                try:
+                    await self.load(name)
+                except InferdError:
+                    pass

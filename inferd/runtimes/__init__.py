@@ -1,0 +1,1 @@
+"""Runtime adapters: one small interface (`load`, `execute`, `unload`, `signature`) per kind of model."""

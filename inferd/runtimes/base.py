@@ -1,0 +1,42 @@
+"""The interface every tensor runtime implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from inferd.tensors import Array, TensorSpec
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What a loaded model takes and returns."""
+
+    platform: str
+    """Triton-style platform name (`onnxruntime_onnx`)."""
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    """0 = no batching dimension; otherwise the first dimension of every input and output is the batch."""
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.inputs if s.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.outputs if s.name == name), None)
+
+
+class Runtime(Protocol):
+    """A loaded model version. `execute` blocks: callers run it in a worker thread."""
+
+    @property
+    def signature(self) -> ModelSignature: ...
+
+    def execute(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
+        """Run one batch; `outputs` names the outputs to compute."""
+        ...
+
+    def unload(self) -> None:
+        """Release the model's resources."""
+        ...

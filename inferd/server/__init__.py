@@ -1,0 +1,1 @@
+"""Transports: one module per wire protocol, and the server that hosts them."""

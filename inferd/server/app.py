@@ -1,0 +1,151 @@
+"""The inferd server: one asyncio process hosting the HTTP and gRPC transports over one gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from tritonclient.grpc import service_pb2_grpc
+
+from inferd.config import ServerConfig
+from inferd.dataplane import DataPlane
+from inferd.gateway.stage import Gateway
+from inferd.metrics.registry import Metrics
+from inferd.repository.manager import ModelManager
+from inferd.server.grpc_v2 import V2Grpc
+from inferd.server.http_v2 import V2Http, error_response
+
+log = logging.getLogger("inferd")
+
+GRPC_MAX_MESSAGE = 1 << 30
+
+
+class InferdServer:
+    """Builds the layers (manager → dataplane → gateway → transports) and runs them."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.manager = ModelManager(
+            Path(config.model_repository),
+            self.metrics,
+            control_mode=config.model_control,
+            poll_interval_s=config.poll_interval_s,
+        )
+        self.dataplane = DataPlane(self.manager)
+        self.gateway = Gateway(self.dataplane, self.metrics)
+        self.http_port = 0
+        self.grpc_port = 0
+        self._uvicorn: uvicorn.Server | None = None
+        self._uvicorn_task: asyncio.Task[None] | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+
+    def http_app(self) -> Starlette:
+        v2 = V2Http(self.gateway, self.config.max_request_bytes)
+
+        async def metrics(request: Request) -> Response:
+            return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+        async def not_found(request: Request, exc: Exception) -> Response:
+            code = getattr(exc, "status_code", 404)
+            return Response(
+                b'{"error":"' + (b"not found" if code == 404 else b"method not allowed") + b'"}',
+                status_code=code,
+                media_type="application/json",
+            )
+
+        async def internal(request: Request, exc: Exception) -> Response:
+            return error_response(exc)
+
+        return Starlette(
+            routes=[*v2.routes(), Route("/metrics", metrics, methods=["GET"])],
+            exception_handlers={404: not_found, 405: not_found, 500: internal},
+        )
+
+    async def start(self) -> None:
+        """Load the startup models, open both listeners, report the ports."""
+        cfg = self.config
+        await self.manager.start(cfg.load_models or None)
+        sock = _bind(cfg.host, cfg.http_port)
+        self.http_port = sock.getsockname()[1]
+        uv_config = uvicorn.Config(
+            self.http_app(),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+            loop="none",
+        )
+        self._uvicorn = uvicorn.Server(uv_config)
+        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._uvicorn_task = asyncio.get_running_loop().create_task(self._uvicorn.serve(sockets=[sock]))
+        if cfg.grpc_port >= 0:
+            self._grpc = grpc.aio.server(
+                options=[
+                    ("grpc.max_receive_message_length", min(cfg.max_request_bytes, GRPC_MAX_MESSAGE)),
+                    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+                    ("grpc.so_reuseport", 0),
+                ]
+            )
+            service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(V2Grpc(self.gateway), self._grpc)
+            self.grpc_port = self._grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
+            await self._grpc.start()
+        while not self._uvicorn.started:
+            await asyncio.sleep(0.01)
+        self.dataplane.set_ready(True)
+
+    async def stop(self) -> None:
+        self.dataplane.set_ready(False)
+        if self._grpc is not None:
+            await self._grpc.stop(grace=2.0)
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._uvicorn_task is not None:
+            await self._uvicorn_task
+        await self.manager.stop()
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGINT or SIGTERM."""
+        await self.start()
+        print(f"inferd: listening http={self.http_port} grpc={self.grpc_port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def running(config: ServerConfig) -> AsyncIterator[InferdServer]:
+    """A started server for the duration of the block (tests, embedding)."""
+    server = InferdServer(config)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

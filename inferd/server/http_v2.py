@@ -1,0 +1,196 @@
+"""V2 REST (Open Inference Protocol plus Triton's repository and statistics extensions) on Starlette."""
+
+from __future__ import annotations
+
+import gzip
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from inferd.errors import InvalidInput, PayloadTooLarge, ResourceExhausted
+from inferd.gateway.stage import Gateway
+from inferd.server import model_views, status
+from inferd.server.v2_codec import HEADER_LENGTH, decode_request, encode_response
+
+JSON = "application/json"
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(doc: Any, code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(doc), status_code=code, media_type=JSON, headers=headers)
+
+
+def error_response(exc: BaseException, request_id: str | None = None) -> Response:
+    headers: dict[str, str] = {}
+    if isinstance(exc, ResourceExhausted):
+        headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+    if request_id:
+        headers["x-request-id"] = request_id
+    return json_response({"error": status.message(exc)}, status.http_status(exc), headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, decompressed, refusing more than `limit` bytes (413)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "deflate"):
+        try:
+            obj = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+            body = obj.decompress(body, limit + 1)
+        except (zlib.error, gzip.BadGzipFile) as exc:
+            raise InvalidInput(f"request body is not valid {encoding}: {exc}") from None
+        if len(body) > limit:
+            raise PayloadTooLarge(f"decompressed request body exceeds the {limit}-byte limit")
+    elif encoding not in ("", "identity"):
+        raise InvalidInput(f"unsupported Content-Encoding {encoding!r}")
+    return body
+
+
+class V2Http:
+    """Route handlers of the V2 REST API."""
+
+    def __init__(self, gateway: Gateway, max_body_bytes: int) -> None:
+        self.gateway = gateway
+        self.dataplane = gateway.dataplane
+        self.max_body_bytes = max_body_bytes
+
+    def routes(self) -> list[BaseRoute]:
+        g = self._guard
+        return [
+            Route("/v2/health/live", g(self.live), methods=["GET"]),
+            Route("/v2/health/ready", g(self.ready), methods=["GET"]),
+            Route("/v2", g(self.server_metadata), methods=["GET"]),
+            Route("/v2/models/stats", g(self.stats), methods=["GET"]),
+            Route("/v2/models/{model}", g(self.model_metadata), methods=["GET"]),
+            Route("/v2/models/{model}/versions/{version}", g(self.model_metadata), methods=["GET"]),
+            Route("/v2/models/{model}/ready", g(self.model_ready), methods=["GET"]),
+            Route("/v2/models/{model}/versions/{version}/ready", g(self.model_ready), methods=["GET"]),
+            Route("/v2/models/{model}/config", g(self.model_config), methods=["GET"]),
+            Route("/v2/models/{model}/versions/{version}/config", g(self.model_config), methods=["GET"]),
+            Route("/v2/models/{model}/stats", g(self.stats), methods=["GET"]),
+            Route("/v2/models/{model}/versions/{version}/stats", g(self.stats), methods=["GET"]),
+            Route("/v2/models/{model}/infer", self.infer, methods=["POST"]),
+            Route("/v2/models/{model}/versions/{version}/infer", self.infer, methods=["POST"]),
+            Route("/v2/repository/index", g(self.repository_index), methods=["POST"]),
+            Route("/v2/repository/models/{model}/load", g(self.load), methods=["POST"]),
+            Route("/v2/repository/models/{model}/unload", g(self.unload), methods=["POST"]),
+        ]
+
+    @staticmethod
+    def _guard(handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                return error_response(exc)
+
+        return guarded
+
+    async def live(self, request: Request) -> Response:
+        live = self.dataplane.live()
+        return json_response({"live": live}, 200 if live else 503)
+
+    async def ready(self, request: Request) -> Response:
+        ready = self.dataplane.ready()
+        return json_response({"ready": ready}, 200 if ready else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        meta = self.dataplane.server_metadata()
+        return json_response({"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)})
+
+    async def model_metadata(self, request: Request) -> Response:
+        name, version = _model_path(request)
+        loaded = self.dataplane.model(name, version)
+        return json_response(model_views.metadata(loaded, self.dataplane.model_versions(name)))
+
+    async def model_ready(self, request: Request) -> Response:
+        name, version = _model_path(request)
+        ready = self.dataplane.model_ready(name, version)
+        return json_response({"name": name, "ready": ready}, 200 if ready else 503)
+
+    async def model_config(self, request: Request) -> Response:
+        name, version = _model_path(request)
+        return json_response(model_views.model_config(self.dataplane.model(name, version)))
+
+    async def stats(self, request: Request) -> Response:
+        name, version = _model_path(request)
+        return json_response({"model_stats": self.dataplane.statistics(name or None, version)})
+
+    async def repository_index(self, request: Request) -> Response:
+        body = await read_body(request, self.max_body_bytes)
+        doc = _optional_json(body)
+        ready_only = bool(doc.get("ready", False))
+        entries = self.dataplane.repository_index(ready_only)
+        return json_response(
+            [
+                {k: v for k, v in (("name", e.name), ("version", e.version), ("state", e.state), ("reason", e.reason)) if v}
+                for e in entries
+            ]
+        )
+
+    async def load(self, request: Request) -> Response:
+        await read_body(request, self.max_body_bytes)
+        await self.dataplane.load(request.path_params["model"])
+        return Response(status_code=200)
+
+    async def unload(self, request: Request) -> Response:
+        await read_body(request, self.max_body_bytes)
+        await self.dataplane.unload(request.path_params["model"])
+        return Response(status_code=200)
+
+    async def infer(self, request: Request) -> Response:
+        started = time.perf_counter()
+        name, version = _model_path(request)
+        try:
+            ctx = self.gateway.begin("http", request.headers, status.http_code_label)
+        except Exception as exc:
+            return error_response(exc)
+        try:
+            body = await read_body(request, self.max_body_bytes)
+            infer_request = decode_request(body, request.headers.get(HEADER_LENGTH), name, version)
+        except Exception as exc:
+            self.gateway.record(ctx, name, version or "", exc, started)
+            return error_response(exc, ctx.request_id)
+        try:
+            response = await self.gateway.infer(ctx, infer_request)
+            out, header_len = encode_response(response, infer_request)
+        except Exception as exc:
+            return error_response(exc, ctx.request_id)
+        headers = {"x-request-id": ctx.request_id}
+        if header_len is None:
+            return Response(out, media_type=JSON, headers=headers)
+        headers[HEADER_LENGTH] = str(header_len)
+        return Response(out, media_type="application/octet-stream", headers=headers)
+
+
+def _model_path(request: Request) -> tuple[str, str | None]:
+    params = request.path_params
+    return params.get("model", ""), params.get("version") or None
+
+
+def _optional_json(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return doc
