@@ -45,6 +45,7 @@ class DynamicBatcher(Generic[P, R]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._on_batch = on_batch
+        self._executing = 0
         self._drain_rate = _DrainRate()
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_loop())
 
@@ -56,8 +57,6 @@ class DynamicBatcher(Generic[P, R]):
     def in_flight(self) -> int:
         """Requests queued or executing."""
         return len(self._queue) + self._executing
-
-    _executing = 0
 
     async def submit(
         self, payload: P, *, rows: int, signature: Hashable, priority: int = 1, deadline: float | None = None
@@ -115,10 +114,9 @@ class DynamicBatcher(Generic[P, R]):
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             timeout = None
-            if self._busy < self._slots:
-                wake = self._queue.wake_at()
-                if wake is not None:
-                    timeout = max(wake - self._clock(), 0.0)
+            wake = self._queue.wake_at(slot_free=self._busy < self._slots)
+            if wake is not None:
+                timeout = max(wake - self._clock(), 0.0)
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except TimeoutError:

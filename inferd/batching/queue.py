@@ -108,9 +108,8 @@ class BatchQueue(Generic[T]):
         policy = self.policy
         if not policy.joins_requests:
             return [self._take_head()]
-        for candidate in self._candidates():
+        for candidate, oldest in self._candidates():
             rows = sum(it.rows for it in candidate)
-            oldest = min(it.enqueued_at for it in candidate)
             if (
                 rows >= policy.max_batch_size
                 or rows in policy.preferred_batch_sizes
@@ -120,10 +119,13 @@ class BatchQueue(Generic[T]):
                 return candidate
         return None
 
-    def wake_at(self) -> float | None:
-        """The earliest time `next_batch` or `pop_expired` may answer differently with no new arrivals."""
+    def wake_at(self, slot_free: bool = True) -> float | None:
+        """The earliest time `next_batch` or `pop_expired` may answer differently with no new arrivals.
+
+        With no free execution slot only deadlines matter (expired requests fail at once).
+        """
         times = [it.deadline for it in self if it.deadline is not None]
-        if self.policy.joins_requests and self._count:
+        if slot_free and self.policy.joins_requests and self._count:
             times.append(min(it.enqueued_at for it in self) + self.policy.max_queue_delay_s)
         return min(times) if times else None
 
@@ -134,20 +136,24 @@ class BatchQueue(Generic[T]):
                 return level.popleft()
         raise IndexError("empty queue")  # pragma: no cover - guarded by the caller
 
-    def _candidates(self) -> Iterator[list[QueuedItem[T]]]:
-        """One candidate batch per signature, in the order of each signature's first item."""
+    def _candidates(self) -> Iterator[tuple[list[QueuedItem[T]], float]]:
+        """One candidate batch per signature, in the order of each signature's first item, with the arrival
+        time of the signature's oldest queued item (in the batch or left out because it did not fit)."""
         limit = self.policy.max_batch_size
         groups: dict[Hashable, list[QueuedItem[T]]] = {}
         rows: dict[Hashable, int] = {}
+        oldest: dict[Hashable, float] = {}
         for it in self:
             group = groups.setdefault(it.signature, [])
+            oldest[it.signature] = min(oldest.get(it.signature, it.enqueued_at), it.enqueued_at)
             used = rows.get(it.signature, 0)
             # The group's first item always goes in (even when it alone is larger than the limit, which
             # validation prevents); later items join while they fit.
             if not group or used + it.rows <= limit:
                 group.append(it)
                 rows[it.signature] = used + it.rows
-        yield from groups.values()
+        for signature, group in groups.items():
+            yield group, oldest[signature]
 
     def _remove_all(self, batch: list[QueuedItem[T]]) -> None:
         chosen = {id(it) for it in batch}

@@ -1,0 +1,394 @@
+"""The continuous-batching scheduler: which requests compute how many tokens in each step.
+
+Each step: running requests first, in policy order, each getting min(its missing tokens, budget left); then,
+if nobody was preempted, waiting requests in policy order while a sequence slot and budget remain (a long
+prompt is prefilled in chunks over several steps). A waiting request starts from its prefix-cache hit, or
+from a sibling sample's prompt blocks; admission stops at the first one that does not fit, so a large
+request is not starved by smaller ones behind it.
+
+When a running request needs a block and none is free, the policy picks a victim among the running requests
+not yet scheduled this step and the request itself; the victim's blocks are freed and it waits again, to
+recompute its tokens later (preemption by recompute). Admission refuses any request that could not finish
+even alone in the cache, so the request first in policy order can always progress: no crash, no deadlock.
+
+Not thread-safe: one engine loop calls `add_request`, `schedule`, `update_from_output` (for each output
+before the next `schedule`), and `finish_requests` between steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from inferd.engine.block_pool import KVBlock
+from inferd.engine.config import EngineConfig, SchedulerConfig
+from inferd.engine.errors import ContextLengthExceeded, KVCacheTooSmall
+from inferd.engine.kv_cache_manager import KVCacheManager, PrefixHit
+from inferd.engine.outputs import (
+    CachedRequestData,
+    NewRequestData,
+    RequestUpdate,
+    RunnerOutput,
+    SchedulerOutput,
+    SchedulerStats,
+)
+from inferd.engine.policy import PriorityPolicy, RequestQueue, SchedulingPolicy
+from inferd.engine.request import EngineRequest, FinishReason, RequestStatus, split_samples
+from inferd.errors import InternalError, InvalidInput
+
+logger = logging.getLogger(__name__)
+
+RUNNING = RequestStatus.RUNNING
+
+
+class Scheduler:
+    """Owns the engine's requests and their KV blocks; plans each step and applies its results."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        kv_cache: KVCacheManager,
+        *,
+        policy: SchedulingPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.kv_cache = kv_cache
+        self.policy: SchedulingPolicy = policy or PriorityPolicy()
+        self._clock = clock
+        self._requests: dict[str, EngineRequest] = {}
+        """Unfinished requests by id."""
+        self._groups: dict[str, list[EngineRequest]] = {}
+        """Unfinished samples of each `n > 1` request, by the request's id."""
+        self._waiting = RequestQueue(self.policy)
+        self._running: list[EngineRequest] = []
+        self._finished_ids: set[str] = set()
+        self._step = 0
+        self._admitted = 0
+        self.num_preemptions = 0
+        if kv_cache.capacity_tokens + 1 < config.max_model_len:
+            logger.warning(
+                "KV cache holds %d tokens, less than max_model_len %d: requests that could grow past it are "
+                "refused",
+                kv_cache.capacity_tokens,
+                config.max_model_len,
+            )
+
+    @classmethod
+    def from_config(
+        cls, config: EngineConfig, num_blocks: int, *, policy: SchedulingPolicy | None = None
+    ) -> Scheduler:
+        """A scheduler with a fresh KV cache of `num_blocks` blocks (see `CacheConfig.resolve_num_blocks`)."""
+        kv_cache = KVCacheManager(
+            num_blocks, config.cache.block_size, enable_prefix_caching=config.cache.enable_prefix_caching
+        )
+        return cls(config.scheduler, kv_cache, policy=policy)
+
+    # ---- requests in and out
+
+    def add_request(self, request: EngineRequest) -> list[EngineRequest]:
+        """Queue `request`, or all `n` of its samples; returns the requests whose updates will follow.
+        Raises ContextLengthExceeded or KVCacheTooSmall (nothing queued) when it could never finish, and
+        InvalidInput for an id already in use."""
+        self._check_fits(request)
+        samples = split_samples(request)
+        ids = {request.request_id, *(sample.request_id for sample in samples)}
+        if any(rid in self._requests or rid in self._groups for rid in ids):
+            raise InvalidInput(f"request id {request.request_id!r} is already in use")
+        for sample in samples:
+            sample.admission_index = self._admitted
+            self._admitted += 1
+            self._requests[sample.request_id] = sample
+            self._waiting.add(sample)
+        if request.sampling_params.n > 1:
+            self._groups[request.request_id] = list(samples)
+        return samples
+
+    def finish_requests(
+        self, request_ids: Iterable[str], reason: FinishReason, stop_reason: int | str | None = None
+    ) -> None:
+        """End requests now and free their blocks (abort, or a stop string seen by the detokenizer). An id
+        of an `n > 1` request ends all its samples; unknown or finished ids are ignored."""
+        for rid in request_ids:
+            group = self._groups.get(rid)
+            targets = (
+                list(group) if group is not None else [self._requests[rid]] if rid in self._requests else []
+            )
+            for request in targets:
+                self._finish(request, reason, stop_reason)
+
+    def abort_request(self, request_id: str) -> None:
+        self.finish_requests((request_id,), FinishReason.ABORT)
+
+    def get_request(self, request_id: str) -> EngineRequest | None:
+        return self._requests.get(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            num_running=len(self._running),
+            num_waiting=len(self._waiting),
+            kv_cache_usage=self.kv_cache.usage,
+            prefix_cache_queries=self.kv_cache.stats.queries,
+            prefix_cache_hits=self.kv_cache.stats.hits,
+            num_preemptions=self.num_preemptions,
+        )
+
+    # ---- one step
+
+    def schedule(self) -> SchedulerOutput:
+        """Plan the next step; blocks are allocated and `num_computed_tokens` advanced as if it will run."""
+        budget = self.config.max_num_batched_tokens
+        prefill_budget = self.config.prefill_token_budget
+        num_scheduled: dict[str, int] = {}
+        continuing: list[tuple[EngineRequest, list[KVBlock]]] = []
+        starting: list[EngineRequest] = []
+        preempted: list[EngineRequest] = []
+
+        order = sorted(self._running, key=self.policy.sort_key)
+        for i, request in enumerate(order):
+            if budget == 0:
+                break
+            if request.status is not RUNNING:  # preempted earlier in this loop
+                continue
+            n, is_prefill = self._num_new_tokens(request, request.num_computed_tokens, budget, prefill_budget)
+            if n == 0:
+                continue
+            new_blocks = self._allocate_or_preempt(request, n, order[i + 1 :], preempted)
+            if new_blocks is None:
+                continue
+            num_scheduled[request.request_id] = n
+            budget -= n
+            prefill_budget -= n if is_prefill else 0
+            continuing.append((request, new_blocks))
+
+        # Admitting while blocks are short would only preempt again next step.
+        if not preempted:
+            for request in self._waiting:
+                if budget == 0 or len(self._running) >= self.config.max_num_seqs:
+                    break
+                hit = self._starting_blocks(request)
+                if hit is None:  # waits for a sibling sample to compute the shared prompt
+                    continue
+                n, is_prefill = self._num_new_tokens(request, hit.num_tokens, budget, prefill_budget)
+                if n == 0 or self.kv_cache.allocate_slots(request, n, hit) is None:
+                    break
+                self._waiting.remove(request)
+                self._running.append(request)
+                request.status = RUNNING
+                request.num_computed_tokens = hit.num_tokens
+                if request.num_cached_tokens < 0:
+                    request.num_cached_tokens = hit.num_tokens
+                if request.first_scheduled_time is None:
+                    request.first_scheduled_time = self._clock()
+                num_scheduled[request.request_id] = n
+                budget -= n
+                prefill_budget -= n if is_prefill else 0
+                starting.append(request)
+
+        return self._build_output(num_scheduled, starting, continuing, preempted)
+
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, runner_output: RunnerOutput
+    ) -> list[RequestUpdate]:
+        """Apply a step's results: cache newly computed blocks, append sampled tokens, finish requests that
+        hit a token-based stop condition (EOS, stop token, max_tokens, max_model_len)."""
+        updates: list[RequestUpdate] = []
+        for rid in scheduler_output.num_scheduled_tokens:
+            request = self._requests.get(rid)
+            if request is None or request.status is not RUNNING:  # finished or aborted meanwhile
+                continue
+            self.kv_cache.cache_computed_blocks(request)
+            if request.num_computed_tokens < request.num_tokens:  # a prefill chunk: nothing to sample
+                continue
+            token = runner_output.sampled_token_ids.get(rid)
+            if token is None:
+                raise InternalError(f"the runner sampled no token for request {rid}")
+            request.append_output_token(token)
+            reason, stop_reason = self._check_stop(request, token)
+            if reason is not None:
+                self._finish(request, reason, stop_reason)
+            logprobs = runner_output.logprobs.get(rid)
+            updates.append(
+                RequestUpdate(
+                    rid,
+                    (token,),
+                    (logprobs,) if logprobs is not None else (),
+                    reason,
+                    stop_reason,
+                    max(request.num_cached_tokens, 0),
+                )
+            )
+        return updates
+
+    # ---- helpers
+
+    def _check_fits(self, request: EngineRequest) -> None:
+        max_len = self.config.max_model_len
+        prompt = request.num_prompt_tokens
+        max_tokens = request.sampling_params.max_tokens
+        if prompt >= max_len or (max_tokens is not None and prompt + max_tokens > max_len):
+            raise ContextLengthExceeded(
+                f"this model's maximum context length is {max_len} tokens, but {prompt} prompt tokens and "
+                f"{max_tokens if max_tokens is not None else 'at least 1'} completion tokens were requested; "
+                "shorten the prompt or lower max_tokens"
+            )
+        # The last sampled token is never fed back, so its KV is never needed.
+        worst_case = prompt + (max_tokens if max_tokens is not None else max_len - prompt) - 1
+        if self.kv_cache.blocks_for(worst_case) > self.kv_cache.num_blocks:
+            raise KVCacheTooSmall(
+                f"the request may need KV for {worst_case} tokens, more than the KV cache holds "
+                f"({self.kv_cache.capacity_tokens} tokens); lower max_tokens or shorten the prompt"
+            )
+
+    def _num_new_tokens(
+        self, request: EngineRequest, start: int, budget: int, prefill_budget: int
+    ) -> tuple[int, bool]:
+        """Tokens `request` computes this step from position `start`, and whether they count as prefill."""
+        remaining = request.num_tokens - start
+        if remaining <= 1:
+            return min(remaining, budget), False
+        cap = min(budget, max(prefill_budget, 0))
+        if self.config.long_prefill_token_threshold:
+            cap = min(cap, self.config.long_prefill_token_threshold)
+        return min(remaining, cap), True
+
+    def _allocate_or_preempt(
+        self,
+        request: EngineRequest,
+        num_new_tokens: int,
+        later: list[EngineRequest],
+        preempted: list[EngineRequest],
+    ) -> list[KVBlock] | None:
+        """Blocks for a running request, preempting victims until they fit; None if it preempted itself."""
+        while True:
+            new_blocks = self.kv_cache.allocate_slots(request, num_new_tokens)
+            if new_blocks is not None:
+                return new_blocks
+            candidates = [other for other in later if other.status is RUNNING]
+            candidates.append(request)
+            victim = self.policy.choose_victim(candidates)
+            if not any(victim is candidate for candidate in candidates):
+                raise InternalError(f"the scheduling policy chose {victim.request_id}, not a candidate")
+            self._preempt(victim)
+            preempted.append(victim)
+            if victim is request:
+                return None
+
+    def _preempt(self, request: EngineRequest) -> None:
+        self.kv_cache.free(request)
+        self._running.remove(request)
+        request.reset_for_recompute()
+        self._waiting.add(request)
+        self.num_preemptions += 1
+        logger.debug("preempted %s (%d tokens to recompute)", request.request_id, request.num_tokens)
+
+    def _starting_blocks(self, request: EngineRequest) -> PrefixHit | None:
+        """Computed blocks a waiting request starts from; None while it should wait for a sibling sample
+        that is computing their shared prompt (then it computes only the prompt's last partial block)."""
+        share: PrefixHit | None = None
+        if request.parent_id is not None:
+            siblings = [s for s in self._groups.get(request.parent_id, ()) if s.status is RUNNING]
+            shareable = min(request.num_prompt_tokens, request.num_tokens - 1)
+            shareable -= shareable % self.kv_cache.block_size
+            if siblings and shareable > 0:
+                source = max(siblings, key=lambda s: s.num_computed_tokens)
+                if source.num_computed_tokens < shareable:
+                    return None
+                share = self.kv_cache.share_prompt(request, source)
+        cached = self.kv_cache.find_prefix_hit(request)
+        return share if share is not None and share.num_tokens > cached.num_tokens else cached
+
+    def _check_stop(self, request: EngineRequest, token: int) -> tuple[FinishReason | None, int | None]:
+        params = request.sampling_params
+        if request.num_output_tokens >= params.min_tokens:
+            if token == request.eos_token_id and not params.ignore_eos:
+                return FinishReason.STOP, None
+            if token in params.stop_token_ids:
+                return FinishReason.STOP, token
+        if params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
+            return FinishReason.LENGTH, None
+        if request.num_tokens >= self.config.max_model_len:
+            return FinishReason.LENGTH, None
+        return None, None
+
+    def _finish(self, request: EngineRequest, reason: FinishReason, stop_reason: int | str | None) -> None:
+        if request.is_finished:
+            return
+        if request.status is RUNNING:
+            self._running.remove(request)
+        else:
+            self._waiting.remove(request)
+        self.kv_cache.free(request)
+        request.status = RequestStatus.finished(reason)
+        request.stop_reason = stop_reason
+        del self._requests[request.request_id]
+        self._finished_ids.add(request.request_id)
+        if request.parent_id is not None:
+            group = self._groups.get(request.parent_id)
+            if group is not None:
+                group.remove(request)
+                if not group:
+                    del self._groups[request.parent_id]
+
+    def _build_output(
+        self,
+        num_scheduled: dict[str, int],
+        starting: list[EngineRequest],
+        continuing: list[tuple[EngineRequest, list[KVBlock]]],
+        preempted: list[EngineRequest],
+    ) -> SchedulerOutput:
+        new_requests: list[NewRequestData] = []
+        for request in starting:
+            start, n = request.num_computed_tokens, num_scheduled[request.request_id]
+            new_requests.append(
+                NewRequestData(
+                    request_id=request.request_id,
+                    prompt_token_ids=request.prompt_token_ids,
+                    output_token_ids=tuple(request.output_token_ids),
+                    sampling_params=request.sampling_params,
+                    block_ids=tuple(self.kv_cache.block_ids(request.request_id)),
+                    num_computed_tokens=start,
+                    token_ids=tuple(request.all_token_ids[start : start + n]),
+                    sample=start + n == request.num_tokens,
+                )
+            )
+        cached_requests: list[CachedRequestData] = []
+        for request, new_blocks in continuing:
+            start, n = request.num_computed_tokens, num_scheduled[request.request_id]
+            cached_requests.append(
+                CachedRequestData(
+                    request_id=request.request_id,
+                    new_block_ids=tuple(block.block_id for block in new_blocks),
+                    num_computed_tokens=start,
+                    token_ids=tuple(request.all_token_ids[start : start + n]),
+                    sample=start + n == request.num_tokens,
+                )
+            )
+        for request in starting:
+            request.num_computed_tokens += num_scheduled[request.request_id]
+        for request, _ in continuing:
+            request.num_computed_tokens += num_scheduled[request.request_id]
+        finished = frozenset(self._finished_ids)
+        self._finished_ids.clear()
+        self._step += 1
+        return SchedulerOutput(
+            step=self._step,
+            new_requests=tuple(new_requests),
+            cached_requests=tuple(cached_requests),
+            num_scheduled_tokens=num_scheduled,
+            total_num_scheduled_tokens=sum(num_scheduled.values()),
+            preempted_request_ids=frozenset(r.request_id for r in preempted),
+            finished_request_ids=finished,
+        )

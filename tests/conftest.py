@@ -1,0 +1,88 @@
+"""Shared fixtures: a real inferd server on loopback ports, in a background thread with its own loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from inferd.config import ServerConfig
+from inferd.server.app import InferdServer
+from tests.models import build_repository
+
+
+@dataclass
+class RunningServer:
+    server: InferdServer
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.server.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.server.grpc_port}"
+
+    def call(self, coro: object) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_repository(tmp_path_factory.mktemp("repo"))
+
+
+def start_server(config: ServerConfig) -> Iterator[RunningServer]:
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, object] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def main() -> None:
+            server = InferdServer(config)
+            try:
+                await server.start()
+            except BaseException as exc:  # surface start failures to the test
+                holder["error"] = exc
+                ready.set()
+                return
+            holder["server"] = server
+            holder["stop"] = asyncio.Event()
+            ready.set()
+            await holder["stop"].wait()  # type: ignore[attr-defined]
+            await server.stop()
+
+        loop.run_until_complete(main())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(120)
+    if "error" in holder:
+        raise holder["error"]  # type: ignore[misc]
+    running = RunningServer(holder["server"], loop)  # type: ignore[arg-type]
+    try:
+        yield running
+    finally:
+        loop.call_soon_threadsafe(holder["stop"].set)  # type: ignore[attr-defined]
+        thread.join(60)
+
+
+@pytest.fixture(scope="session")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One shared server over the test repository (tests must not load or unload its models)."""
+    config = ServerConfig(
+        model_repository=str(model_repo),
+        http_port=0,
+        grpc_port=0,
+        state_dir=str(tmp_path_factory.mktemp("state")),
+        max_request_bytes=1 << 20,
+    )
+    yield from start_server(config)
