@@ -100,9 +100,7 @@ def _dataclass(cls: type[Any], value: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in value if k not in fields]
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(fields))}")
     kwargs = {name: _convert(hints[name], v, f"{where}.{name}") for name, v in value.items()}
     try:
         return cls(**kwargs)

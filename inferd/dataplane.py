@@ -62,9 +62,7 @@ class DataPlane:
         return True
 
     def model_versions(self, name: str) -> list[str]:
-        return sorted(
-            (v.version for v in self.manager.ready_versions() if v.name == name), key=int
-        )
+        return sorted((v.version for v in self.manager.ready_versions() if v.name == name), key=int)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         version = self.manager.get(request.model, request.version)
@@ -82,9 +80,11 @@ class DataPlane:
     def statistics(self, name: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
         """Triton-shaped statistics of the ready versions (one model, one version, or all)."""
         if name:
-            versions = [self.manager.get(name, version)] if version else [
-                v for v in self.manager.ready_versions() if v.name == name
-            ]
+            versions = (
+                [self.manager.get(name, version)]
+                if version
+                else [v for v in self.manager.ready_versions() if v.name == name]
+            )
             if not versions:
                 self.manager.get(name)  # raises NotFound / NotReady
         else:

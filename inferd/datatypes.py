@@ -65,12 +65,12 @@ BY_CONFIG_NAME: dict[str, DataType] = {d.config_name: d for d in _ALL}
 _BY_NUMPY: dict[np.dtype[np.generic], DataType] = {d.numpy: d for d in _ALL}
 
 
-def lookup(name: str) -> DataType:
-    """The datatype called `name` in V2 requests, or InvalidInput naming it."""
-    try:
-        return BY_NAME[name]
-    except (KeyError, TypeError):
-        raise InvalidInput(f"unsupported datatype {name!r}; expected one of {', '.join(BY_NAME)}") from None
+def lookup(name: object) -> DataType:
+    """The datatype called `name` in V2 requests (any JSON value may arrive), or InvalidInput naming it."""
+    found = BY_NAME.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise InvalidInput(f"unsupported datatype {name!r}; expected one of {', '.join(BY_NAME)}")
+    return found
 
 
 def of_array(array: npt.NDArray[np.generic]) -> DataType:
@@ -90,6 +90,32 @@ def element_count(shape: tuple[int, ...] | list[int]) -> int:
     return n
 
 
+MAX_DIMS = 32
+"""Most dimensions a request tensor may have (numpy's own limit is 64)."""
+_MAX_EXTENT = int(np.iinfo(np.intp).max) // 16
+
+
+def check_shape(shape: tuple[int, ...], name: str) -> tuple[int, ...]:
+    """`shape` if numpy can hold a tensor of it; InvalidInput otherwise.
+
+    Element counts are checked against the data elsewhere, but a shape with a zero dimension has no data, and
+    numpy still refuses one whose other dimensions multiply past its index range: that must be the client's
+    error, not a crash.
+    """
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(
+            f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported"
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    extent = 1
+    for d in shape:
+        extent *= max(d, 1)
+    if extent > _MAX_EXTENT:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} is too large")
+    return shape
+
+
 def serialize_bytes(array: npt.NDArray[np.generic]) -> bytes:
     """BYTES elements in row-major order, each as a 4-byte little-endian length then the bytes."""
     parts: list[bytes] = []
@@ -106,7 +132,8 @@ def deserialize_bytes(buf: bytes | memoryview, count: int, name: str) -> npt.NDA
     view = memoryview(buf)
     if count * 4 > len(view):
         raise InvalidInput(
-            f"input {name!r}: {len(view)} bytes of BYTES data cannot hold the {count} elements its shape needs"
+            f"input {name!r}: {len(view)} bytes of BYTES data cannot hold the {count} elements"
+            " its shape needs"
         )
     out = np.empty(count, dtype=np.object_)
     offset = 0
@@ -137,7 +164,8 @@ def from_raw(buf: bytes | memoryview, dtype: DataType, shape: tuple[int, ...], n
     expected = count * dtype.itemsize
     if len(buf) != expected:
         raise InvalidInput(
-            f"input {name!r}: {len(buf)} bytes of {dtype.name} data, expected {expected} for shape {list(shape)}"
+            f"input {name!r}: {len(buf)} bytes of {dtype.name} data,"
+            f" expected {expected} for shape {list(shape)}"
         )
     return np.frombuffer(buf, dtype=dtype.numpy).reshape(shape)
 

@@ -1,6 +1,6 @@
 """Builds the demo model repository served by `make serve` (generated locally, no downloads).
 
-    python -m inferd.demo PATH      # creates PATH when absent
+python -m inferd.demo PATH      # creates PATH when absent
 """
 
 from __future__ import annotations

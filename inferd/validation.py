@@ -54,11 +54,11 @@ def validate(request: InferRequest, sig: ModelSignature) -> int:
                     f"input {tensor.name!r} has batch size {shape[0]} but other inputs have {rows}"
                 )
         expect_dims = list(spec.dims)
-        if len(dims) != len(expect_dims) or any(e >= 0 and d != e for d, e in zip(dims, expect_dims, strict=False)):
+        if len(dims) != len(expect_dims) or any(
+            e >= 0 and d != e for d, e in zip(dims, expect_dims, strict=False)
+        ):
             full = ([-1] if batched else []) + expect_dims
-            raise InvalidInput(
-                f"input {tensor.name!r} has shape {list(shape)}, model expects {full}"
-            )
+            raise InvalidInput(f"input {tensor.name!r} has shape {list(shape)}, model expects {full}")
 
     if request.outputs is not None:
         known = {s.name for s in sig.outputs}

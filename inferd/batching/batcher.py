@@ -8,6 +8,7 @@ adapter runs the model in a worker thread). A failing batch fails only its own r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
@@ -87,10 +88,8 @@ class DynamicBatcher(Generic[P, R]):
             await asyncio.sleep(0.001)
             self._wakeup.set()
         self._dispatcher.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._dispatcher
-        except asyncio.CancelledError:
-            pass
 
     async def _dispatch_loop(self) -> None:
         while True:
@@ -117,10 +116,8 @@ class DynamicBatcher(Generic[P, R]):
             wake = self._queue.wake_at(slot_free=self._busy < self._slots)
             if wake is not None:
                 timeout = max(wake - self._clock(), 0.0)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except TimeoutError:
-                pass
 
     async def _execute(self, batch: list[QueuedItem[tuple[P, asyncio.Future[R]]]]) -> None:
         rows = sum(it.rows for it in batch)
@@ -132,7 +129,9 @@ class DynamicBatcher(Generic[P, R]):
             try:
                 results = await self._run_batch([it.payload[0] for it in batch])
                 if len(results) != len(batch):
-                    raise ExecutionFailed(f"runtime returned {len(results)} results for {len(batch)} requests")
+                    raise ExecutionFailed(
+                        f"runtime returned {len(results)} results for {len(batch)} requests"
+                    )
             except InferdError as exc:
                 for it in batch:
                     if not it.payload[1].done():

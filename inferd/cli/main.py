@@ -20,7 +20,9 @@ def _serve_args(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--grpc-port", type=int, help="gRPC port, 0 = any free port (default 8001)")
     p.add_argument("--state-dir", help="state folder (default .inferd)")
     p.add_argument("--model-control", choices=["none", "explicit", "poll"])
-    p.add_argument("--load-model", action="append", default=None, help="model to load at start (explicit mode)")
+    p.add_argument(
+        "--load-model", action="append", default=None, help="model to load at start (explicit mode)"
+    )
     p.add_argument("--config", type=Path, help="inferd.yaml")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -50,7 +52,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"inferd: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     if not Path(config.model_repository).is_dir():
         print(f"inferd: model repository {config.model_repository} is not a folder", file=sys.stderr)

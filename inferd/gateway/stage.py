@@ -16,7 +16,6 @@ from inferd.gateway.context import ANONYMOUS, CallContext, Principal, Protocol, 
 from inferd.metrics.registry import Metrics
 from inferd.tensors import InferRequest, InferResponse
 
-
 UNKNOWN_MODEL = "_unknown"
 
 
@@ -36,7 +35,9 @@ class AllowAll:
 class Gateway:
     """Policy in front of the dataplane."""
 
-    def __init__(self, dataplane: DataPlane, metrics: Metrics, authenticator: Authenticator | None = None) -> None:
+    def __init__(
+        self, dataplane: DataPlane, metrics: Metrics, authenticator: Authenticator | None = None
+    ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self._auth = authenticator or AllowAll()
@@ -49,7 +50,9 @@ class Gateway:
         request_id: str | None = None,
     ) -> CallContext:
         """Open a call: request id and principal."""
-        ctx = CallContext(protocol, new_request_id(request_id or headers.get("x-request-id")), status_of, headers)
+        ctx = CallContext(
+            protocol, new_request_id(request_id or headers.get("x-request-id")), status_of, headers
+        )
         ctx.principal = self._auth.authenticate(headers)
         return ctx
 
@@ -64,7 +67,9 @@ class Gateway:
         self.record(ctx, request.model, response.version, None, start)
         return response
 
-    def record(self, ctx: CallContext, model: str, version: str, exc: BaseException | None, start: float) -> None:
+    def record(
+        self, ctx: CallContext, model: str, version: str, exc: BaseException | None, start: float
+    ) -> None:
         """Count a finished call (also one refused before it reached the dataplane)."""
         m = self.metrics
         if isinstance(exc, NotFound):

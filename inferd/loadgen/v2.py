@@ -16,35 +16,28 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
-from urllib.parse import quote
+from typing import Any, TypeVar
 
 import numpy as np
 
 from inferd.loadgen.progress import Progress
 from inferd.loadgen.stats import Recorder, RunStats
-from inferd.loadgen.v2_inputs import (
-    ModelMeta,
-    binary_body,
-    grpc_request,
-    json_body,
-    make_inputs,
-    metadata_from_grpc,
-    parse_metadata_json,
-    rows_per_request,
-)
+from inferd.loadgen.v2_inputs import rows_per_request
+from inferd.loadgen.v2_transport import BenchError, Failure, GrpcSender, RestSender, Sender
 
-GRPC_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-DETAIL_CHARS = 300
-"""How much of the first failure of each kind is kept to show."""
+__all__ = [
+    "BenchError",
+    "V2BenchOptions",
+    "V2BenchResult",
+    "add_v2_arguments",
+    "format_result",
+    "main_v2",
+    "options_from_args",
+    "run_v2",
+    "run_v2_sync",
+]
 
-Failure = tuple[str, str]
-"""An error kind (`http_503`, `grpc_UNAVAILABLE`, an exception class) and a detail message."""
 T = TypeVar("T")
-
-
-class BenchError(Exception):
-    """The run could not start: bad options, unreachable server, metadata or a first request refused."""
 
 
 @dataclass
@@ -109,6 +102,10 @@ class V2BenchResult:
     stats: RunStats
     error_examples: dict[str, str] = field(default_factory=dict)
     """The first failure message of each error kind."""
+    client_cpu_s: float = 0.0
+    """CPU time this process spent during the run (all threads): the client's own cost."""
+    wall_s: float = 0.0
+    """Wall time of the run, warm-up and drain included."""
 
     def to_dict(self) -> dict[str, Any]:
         o = self.options
@@ -126,129 +123,40 @@ class V2BenchResult:
             "warmup_s": o.warmup_s,
             **self.stats.to_dict(),
             "error_examples": self.error_examples,
+            "client_cpu_cores": self.client_cpu_s / self.wall_s if self.wall_s > 0 else 0.0,
         }
-
-
-class Sender(Protocol):
-    """Sends the pre-built request once; returns the failure or None."""
-
-    async def send(self) -> Failure | None: ...
-
-    async def close(self) -> None: ...
-
-
-class _RestSender:
-    def __init__(self, opts: V2BenchOptions, limit: int) -> None:
-        import aiohttp
-
-        self._aiohttp = aiohttp
-        base = opts.url.rstrip("/")
-        if "://" not in base:
-            base = "http://" + base
-        path = f"/v2/models/{quote(opts.model, safe='')}"
-        if opts.model_version:
-            path += f"/versions/{quote(opts.model_version, safe='')}"
-        self.meta_url = base + path
-        self.infer_url = base + path + "/infer"
-        self.binary = opts.binary
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=opts.timeout_s),
-            auto_decompress=False,
-        )
-        self.body = b""
-        self.headers: dict[str, str] = {}
-
-    async def metadata(self) -> ModelMeta:
-        async with self.session.get(self.meta_url) as resp:
-            text = await resp.text()
-            if resp.status != 200:
-                raise BenchError(f"GET {self.meta_url}: HTTP {resp.status}: {text[:DETAIL_CHARS]}")
-        return parse_metadata_json(json.loads(text))
-
-    def prepare(self, meta: ModelMeta, opts: V2BenchOptions) -> None:
-        inputs = make_inputs(meta, opts.batch_size, opts.seed)
-        body = binary_body(inputs, [o.name for o in meta.outputs]) if self.binary else json_body(inputs)
-        self.body, self.headers = body.data, body.headers
-
-    async def send(self) -> Failure | None:
-        try:
-            async with self.session.post(self.infer_url, data=self.body, headers=self.headers) as resp:
-                payload = await resp.read()
-                if 200 <= resp.status < 300:
-                    return None
-                return f"http_{resp.status}", payload[:DETAIL_CHARS].decode("utf-8", "replace")
-        except (self._aiohttp.ClientError, TimeoutError, OSError) as e:
-            return type(e).__name__, str(e)[:DETAIL_CHARS]
-
-    async def close(self) -> None:
-        await self.session.close()
-
-
-class _GrpcSender:
-    def __init__(self, opts: V2BenchOptions) -> None:
-        import grpc
-        from tritonclient.grpc import service_pb2_grpc
-
-        target = opts.url
-        for scheme in ("grpc://", "http://"):
-            target = target.removeprefix(scheme)
-        self._grpc = grpc
-        self._opts = opts
-        unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        self.channel = grpc.aio.insecure_channel(target.rstrip("/"), options=unlimited)
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-        # Identity (de)serializers: the request is serialized once and replies are not parsed.
-        self.infer = self.channel.unary_unary(GRPC_INFER_METHOD)
-        self.body = b""
-
-    async def metadata(self) -> ModelMeta:
-        from tritonclient.grpc import service_pb2
-
-        req = service_pb2.ModelMetadataRequest(name=self._opts.model, version=self._opts.model_version or "")
-        try:
-            resp = await self.stub.ModelMetadata(req, timeout=self._opts.timeout_s)
-        except self._grpc.aio.AioRpcError as e:
-            raise BenchError(f"ModelMetadata at {self._opts.url}: {e.code().name}: {e.details()}") from e
-        return metadata_from_grpc(resp)
-
-    def prepare(self, meta: ModelMeta, opts: V2BenchOptions) -> None:
-        inputs = make_inputs(meta, opts.batch_size, opts.seed)
-        self.body = grpc_request(opts.model, opts.model_version, inputs).SerializeToString()
-
-    async def send(self) -> Failure | None:
-        try:
-            await self.infer(self.body, timeout=self._opts.timeout_s)
-        except self._grpc.aio.AioRpcError as e:
-            return f"grpc_{e.code().name}", str(e.details())[:DETAIL_CHARS]
-        return None
-
-    async def close(self) -> None:
-        await self.channel.close()
 
 
 async def run_v2(opts: V2BenchOptions) -> V2BenchResult:
     """Fetch metadata, build the request, check one, then load the server for warm-up plus duration."""
     closed = opts.rate is None
     concurrency = opts.concurrency or 1
-    sender: _RestSender | _GrpcSender
-    sender = (
-        _GrpcSender(opts) if opts.grpc else _RestSender(opts, concurrency if closed else opts.max_connections)
-    )
+    sender: Sender
+    if opts.grpc:
+        sender = GrpcSender(opts.url, opts.model, opts.model_version, timeout_s=opts.timeout_s)
+    else:
+        connections = concurrency if closed else opts.max_connections
+        sender = RestSender(
+            opts.url,
+            opts.model,
+            opts.model_version,
+            binary=opts.binary,
+            timeout_s=opts.timeout_s,
+            connections=connections,
+        )
     try:
         try:
             meta = await sender.metadata()
         except BenchError:
             raise
         except Exception as e:  # connection refused, timeout, malformed reply: all mean "cannot start"
-            raise BenchError(f"model metadata from {opts.url}: {e!r}") from e
-        sender.prepare(meta, opts)
+            raise BenchError(f"model metadata from {opts.url}: {type(e).__name__}: {e}") from e
+        sender.prepare(meta, opts.batch_size, opts.seed)
         first = await sender.send()
         if first is not None:
             raise BenchError(f"first request to {opts.model!r} failed: {first[0]}: {first[1]}")
         rows = rows_per_request(meta, opts.batch_size)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         rec = Recorder(start + opts.warmup_s, start + opts.warmup_s + opts.duration_s)
         examples: dict[str, str] = {}
         progress = Progress(start, rec.window_end, rec) if opts.progress else None
@@ -264,7 +172,8 @@ async def run_v2(opts: V2BenchOptions) -> V2BenchResult:
             if progress is not None:
                 await progress.stop()
         version = opts.model_version or (meta.versions[0] if meta.versions else None)
-        return V2BenchResult(opts, version, rows, rec.stats(), examples)
+        cpu_s, wall_s = time.process_time() - cpu_start, time.perf_counter() - start
+        return V2BenchResult(opts, version, rows, rec.stats(), examples, cpu_s, wall_s)
     finally:
         await sender.close()
 
@@ -401,6 +310,7 @@ def format_result(result: V2BenchResult) -> str:
         f"model {o.model}{version} over {o.protocol}, {load}, batch size {o.batch_size}, {s.elapsed_s:.2f} s",
         f"requests:   {s.ok} ok, {s.error_count} failed",
         f"throughput: {s.throughput_rps:.1f} req/s, {s.items_per_s:.1f} rows/s",
+        f"client CPU: {result.client_cpu_s / result.wall_s if result.wall_s else 0:.2f} cores",
     ]
     if lat.count:
         lines.append(

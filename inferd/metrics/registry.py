@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -58,7 +59,10 @@ class Metrics:
             "inferd_queue_depth", "Requests waiting in the batcher queue.", ["model", "version"], registry=r
         )
         self.model_ready = Gauge(
-            "inferd_model_ready", "1 when the model version is loaded and ready.", ["model", "version"], registry=r
+            "inferd_model_ready",
+            "1 when the model version is loaded and ready.",
+            ["model", "version"],
+            registry=r,
         )
 
     def track_queue_depth(self, model: str, version: str, depth: Callable[[], int]) -> None:
@@ -66,10 +70,8 @@ class Metrics:
 
     def forget_version(self, model: str, version: str) -> None:
         """Drop per-version gauges of an unloaded version (its ready gauge goes to 0)."""
-        try:
+        with contextlib.suppress(KeyError):
             self.queue_depth.remove(model, version)
-        except KeyError:
-            pass
         self.model_ready.labels(model, version).set(0)
 
     def render(self) -> bytes:

@@ -9,6 +9,7 @@ reason and never affects the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,15 +81,11 @@ class ModelManager:
     async def start(self, load_models: list[str] | None = None) -> None:
         """Load the startup models; start polling when the mode is `poll`."""
         found = discovery.scan(self.repository)
-        if self.control_mode == "explicit" and load_models:
-            names = list(load_models)
-        else:
-            names = list(found)
+        names = list(load_models) if self.control_mode == "explicit" and load_models else list(found)
         for name in names:
-            try:
+            # A failure is reported in the log and the index; the others keep loading.
+            with contextlib.suppress(InferdError):
                 await self.load(name)
-            except InferdError:
-                pass  # reported in the log and the index; the others keep loading
         if self.control_mode == "poll":
             self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
 
@@ -104,7 +101,9 @@ class ModelManager:
         if model is None or (not model.versions and model.state is not ModelState.LOADING):
             if model is None and not (self.repository / name).is_dir():
                 raise NotFound(f"unknown model {name!r}")
-            raise NotReady(f"model {name!r} is not ready" + (f": {model.reason}" if model and model.reason else ""))
+            raise NotReady(
+                f"model {name!r} is not ready" + (f": {model.reason}" if model and model.reason else "")
+            )
         if not model.versions:
             raise NotReady(f"model {name!r} is loading")
         if version is None or version == "":
@@ -159,8 +158,8 @@ class ModelManager:
             model.versions = versions
             model.state = ModelState.READY
             model.reason = ""
-        for version in old.values():
-            await version.close()
+        for stale in old.values():
+            await stale.close()
 
     async def unload(self, name: str) -> None:
         """Stop serving `name`; waits for its in-flight requests."""
@@ -223,7 +222,5 @@ class ModelManager:
         for name, model_dir in found.items():
             model = self._models.get(name)
             if model is None or model.fingerprint != model_dir.fingerprint():
-                try:
+                with contextlib.suppress(InferdError):
                     await self.load(name)
-                except InferdError:
-                    pass

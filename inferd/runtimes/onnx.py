@@ -103,7 +103,7 @@ class OnnxRuntime:
         return [_ortvalue_to_numpy(v) for v in results]
 
     def unload(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        del self._session
 
 
 def _ortvalue_to_numpy(value: Any) -> Array:
@@ -117,9 +117,13 @@ def _ortvalue_to_numpy(value: Any) -> Array:
 
 def _to_str_array(array: Array, name: str) -> Array:
     try:
-        return np.vectorize(
-            lambda b: b.decode("utf-8") if isinstance(b, bytes) else str(b), otypes=[np.object_]
-        )(array) if array.size else array.astype(np.object_)
+        return (
+            np.vectorize(
+                lambda b: b.decode("utf-8") if isinstance(b, bytes) else str(b), otypes=[np.object_]
+            )(array)
+            if array.size
+            else array.astype(np.object_)
+        )
     except UnicodeDecodeError:
         raise InvalidInput(f"input {name!r}: ONNX string tensors take UTF-8 text") from None
 
@@ -154,9 +158,7 @@ def _signature(session: ort.InferenceSession, config: ModelConfig) -> ModelSigna
     graph_inputs, graph_outputs = session.get_inputs(), session.get_outputs()
     max_batch = config.max_batch_size
     if max_batch is None:
-        max_batch = (
-            DERIVED_MAX_BATCH_SIZE if _first_dim_dynamic([*graph_inputs, *graph_outputs]) else 0
-        )
+        max_batch = DERIVED_MAX_BATCH_SIZE if _first_dim_dynamic([*graph_inputs, *graph_outputs]) else 0
     inputs = _graph_specs(graph_inputs, max_batch > 0, "input")
     outputs = _graph_specs(graph_outputs, max_batch > 0, "output")
     if config.inputs is not None:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -88,8 +88,7 @@ class InferdServer:
             timeout_keep_alive=30,
             loop="none",
         )
-        self._uvicorn = uvicorn.Server(uv_config)
-        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._uvicorn = _Uvicorn(uv_config)
         self._uvicorn_task = asyncio.get_running_loop().create_task(self._uvicorn.serve(sockets=[sock]))
         if cfg.grpc_port >= 0:
             self._grpc = grpc.aio.server(
@@ -128,6 +127,14 @@ class InferdServer:
         await stop.wait()
         log.info("shutting down")
         await self.stop()
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the server owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _bind(host: str, port: int) -> socket.socket:

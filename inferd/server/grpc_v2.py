@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
@@ -36,6 +35,17 @@ _CONTENTS_FIELD = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
+}
+
+# Each typed-contents field's element type (numpy alone reads a uint64 field as float64, losing precision).
+_FIELD_DTYPE: dict[str, np.dtype[Any]] = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
 }
 
 
@@ -65,10 +75,10 @@ def decode_request(msg: Any) -> InferRequest:
     for i, t in enumerate(msg.inputs):
         name = t.name
         dtype = datatypes.lookup(t.datatype)
-        shape = tuple(int(d) for d in t.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension")
+        shape = datatypes.check_shape(tuple(int(d) for d in t.shape), name)
         if raw:
+            if t.HasField("contents"):
+                raise InvalidInput(f"input {name!r} has both typed contents and raw_input_contents")
             data = datatypes.from_raw(raw[i], dtype, shape, name)
         else:
             data = _from_contents(t.contents, dtype, shape, name)
@@ -98,14 +108,18 @@ def _from_contents(contents: Any, dtype: datatypes.DataType, shape: tuple[int, .
         arr = np.empty(count, dtype=np.object_)
         arr[:] = list(values)
         return arr.reshape(shape)
-    source = np.asarray(values)
-    if source.size and dtype.numpy.kind in "iu" and (source.min() < np.iinfo(dtype.numpy).min or source.max() > np.iinfo(dtype.numpy).max):
-        raise InvalidInput(f"input {name!r}: values out of range for {dtype.name}")
+    source = np.array(values, dtype=_FIELD_DTYPE[field])
+    if source.dtype != dtype.numpy:  # INT8/INT16/UINT8/UINT16 travel widened
+        info = np.iinfo(dtype.numpy.name)
+        if source.size and (source.min() < info.min or source.max() > info.max):
+            raise InvalidInput(f"input {name!r}: values out of range for {dtype.name}")
     return source.astype(dtype.numpy).reshape(shape)
 
 
 def encode_response(response: InferResponse) -> Any:
-    msg = service_pb2.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id)
+    msg = service_pb2.ModelInferResponse(
+        model_name=response.model, model_version=response.version, id=response.id
+    )
     for t in response.outputs:
         out = msg.outputs.add()
         out.name = t.name
@@ -136,11 +150,15 @@ class V2Grpc(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[mis
         return service_pb2.ServerReadyResponse(ready=self.dataplane.ready())
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        return service_pb2.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version or None))
+        return service_pb2.ModelReadyResponse(
+            ready=self.dataplane.model_ready(request.name, request.version or None)
+        )
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         meta = self.dataplane.server_metadata()
-        return service_pb2.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
+        return service_pb2.ServerMetadataResponse(
+            name=meta.name, version=meta.version, extensions=meta.extensions
+        )
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         try:
@@ -204,7 +222,9 @@ class V2Grpc(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[mis
             await self._fail(context, exc)
         return encode_response(response)
 
-    async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
         ctx = self._begin(context)
         results: asyncio.Queue[Any] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
@@ -219,7 +239,9 @@ class V2Grpc(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[mis
                 return
             try:
                 response = await self.gateway.infer(ctx, infer_request)
-                await results.put(service_pb2.ModelStreamInferResponse(infer_response=encode_response(response)))
+                await results.put(
+                    service_pb2.ModelStreamInferResponse(infer_response=encode_response(response))
+                )
             except Exception as exc:
                 await results.put(service_pb2.ModelStreamInferResponse(error_message=status.message(exc)))
 

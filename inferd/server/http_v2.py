@@ -112,7 +112,9 @@ class V2Http:
 
     async def server_metadata(self, request: Request) -> Response:
         meta = self.dataplane.server_metadata()
-        return json_response({"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)})
+        return json_response(
+            {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
+        )
 
     async def model_metadata(self, request: Request) -> Response:
         name, version = _model_path(request)
@@ -139,7 +141,16 @@ class V2Http:
         entries = self.dataplane.repository_index(ready_only)
         return json_response(
             [
-                {k: v for k, v in (("name", e.name), ("version", e.version), ("state", e.state), ("reason", e.reason)) if v}
+                {
+                    k: v
+                    for k, v in (
+                        ("name", e.name),
+                        ("version", e.version),
+                        ("state", e.state),
+                        ("reason", e.reason),
+                    )
+                    if v
+                }
                 for e in entries
             ]
         )

@@ -21,10 +21,12 @@ def metadata(version: ModelVersion, versions: list[str]) -> dict[str, Any]:
         "versions": versions,
         "platform": sig.platform,
         "inputs": [
-            {"name": s.name, "datatype": s.datatype.name, "shape": _full_shape(s, batched)} for s in sig.inputs
+            {"name": s.name, "datatype": s.datatype.name, "shape": _full_shape(s, batched)}
+            for s in sig.inputs
         ],
         "outputs": [
-            {"name": s.name, "datatype": s.datatype.name, "shape": _full_shape(s, batched)} for s in sig.outputs
+            {"name": s.name, "datatype": s.datatype.name, "shape": _full_shape(s, batched)}
+            for s in sig.outputs
         ],
         "parameters": {"sha256": version.sha256},
     }
@@ -40,7 +42,9 @@ def model_config(version: ModelVersion) -> dict[str, Any]:
         "platform": sig.platform,
         "backend": "onnxruntime",
         "max_batch_size": sig.max_batch_size,
-        "input": [{"name": s.name, "data_type": s.datatype.config_name, "dims": list(s.dims)} for s in sig.inputs],
+        "input": [
+            {"name": s.name, "data_type": s.datatype.config_name, "dims": list(s.dims)} for s in sig.inputs
+        ],
         "output": [
             {"name": s.name, "data_type": s.datatype.config_name, "dims": list(s.dims)} for s in sig.outputs
         ],

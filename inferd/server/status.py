@@ -43,7 +43,7 @@ def http_code_label(exc: BaseException | None) -> str:
 
 
 def grpc_code_label(exc: BaseException | None) -> str:
-    return grpc_code(exc).name
+    return str(grpc_code(exc).name)
 
 
 def message(exc: BaseException) -> str:

@@ -28,9 +28,7 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
 def _shape(value: Any, name: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
         raise InvalidInput(f"input {name!r}: shape must be a list of integers, got {value!r}")
-    if any(d < 0 for d in value):
-        raise InvalidInput(f"input {name!r}: shape {value} has a negative dimension")
-    return tuple(value)
+    return datatypes.check_shape(tuple(value), name)
 
 
 def _from_json_data(data: Any, dtype: datatypes.DataType, shape: tuple[int, ...], name: str) -> Array:
@@ -49,11 +47,14 @@ def _from_json_data(data: Any, dtype: datatypes.DataType, shape: tuple[int, ...]
     if arr.size == 0:
         return np.zeros(shape, dtype=dtype.numpy) if dtype.name != "BYTES" else np.empty(shape, np.object_)
     if dtype.name == "BYTES":
-        if kind != "U":
+        # numpy turns numbers mixed with strings into strings: look at the JSON values themselves.
+        if kind != "U" or not all(isinstance(v, str) for v in np.array(data, dtype=np.object_).flat):
             raise InvalidInput(f"input {name!r}: BYTES data must be JSON strings")
         out = np.empty(count, dtype=np.object_)
         out[:] = [s.encode("utf-8") for s in arr.reshape(-1).tolist()]
         return out.reshape(shape)
+    if kind == "f" and dtype.numpy.kind in "iu":
+        return _json_integers(data, dtype, shape, name)
     ok_kinds = {"b": "b", "i": "iub", "u": "iub", "f": "iuf", "V": "iuf"}[dtype.numpy.kind]
     if kind not in ok_kinds:
         raise InvalidInput(f"input {name!r}: data is not valid {dtype.name} (found {arr.dtype.name} values)")
@@ -61,7 +62,20 @@ def _from_json_data(data: Any, dtype: datatypes.DataType, shape: tuple[int, ...]
         cast = arr.astype(dtype.numpy)
     if kind in "iu" and dtype.numpy.kind in "iu" and not np.array_equal(cast, arr):
         raise InvalidInput(f"input {name!r}: values out of range for {dtype.name}")
+    if dtype.numpy.kind in "fV" and not np.isfinite(cast).all():  # JSON has no inf or nan: an overflow
+        raise InvalidInput(f"input {name!r}: values out of range for {dtype.name}")
     return cast.reshape(shape)
+
+
+def _json_integers(data: Any, dtype: datatypes.DataType, shape: tuple[int, ...], name: str) -> Array:
+    """Integer data numpy read as float (int64 and uint64 values mixed): check the JSON values themselves."""
+    values = np.array(data, dtype=np.object_).reshape(-1).tolist()
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise InvalidInput(f"input {name!r}: data is not valid {dtype.name} (found non-integer values)")
+    info = np.iinfo(dtype.numpy.name)
+    if min(values) < info.min or max(values) > info.max:
+        raise InvalidInput(f"input {name!r}: values out of range for {dtype.name}")
+    return np.array(values, dtype=dtype.numpy).reshape(shape)
 
 
 def decode_request(body: bytes, header_length: str | None, model: str, version: str | None) -> InferRequest:
@@ -70,7 +84,9 @@ def decode_request(body: bytes, header_length: str | None, model: str, version: 
         try:
             hlen = int(header_length)
         except ValueError:
-            raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {header_length!r} is not an integer"
+            ) from None
         if not 0 < hlen <= len(body):
             raise InvalidInput(
                 f"Inference-Header-Content-Length {hlen} is outside the body's {len(body)} bytes"
@@ -103,7 +119,8 @@ def decode_request(body: bytes, header_length: str | None, model: str, version: 
                 raise InvalidInput(f"input {name!r}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
                 raise InvalidInput(
-                    f"input {name!r}: binary_data_size {size} runs past the {len(binary)} bytes of binary data"
+                    f"input {name!r}: binary_data_size {size} runs past the"
+                    f" {len(binary)} bytes of binary data"
                 )
             data = datatypes.from_raw(binary[offset : offset + size], dtype, shape, name)
             offset += size
@@ -193,7 +210,11 @@ def encode_response(response: InferResponse, request: InferRequest) -> tuple[byt
         else:
             entry["data"] = _json_data(t.data)
         outputs.append(entry)
-    doc: dict[str, Any] = {"model_name": response.model, "model_version": response.version, "outputs": outputs}
+    doc: dict[str, Any] = {
+        "model_name": response.model,
+        "model_version": response.version,
+        "outputs": outputs,
+    }
     if response.id:
         doc["id"] = response.id
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
