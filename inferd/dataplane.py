@@ -65,7 +65,10 @@ class DataPlane:
         return sorted((v.version for v in self.manager.ready_versions() if v.name == name), key=int)
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        version = self.manager.get(request.model, request.version)
+        return await self.infer_on(self.manager.get(request.model, request.version), request)
+
+    async def infer_on(self, version: ModelVersion, request: InferRequest) -> InferResponse:
+        """Run `request` on an already resolved version."""
         return await version.infer(request)
 
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:

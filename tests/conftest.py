@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from inferd.config import ServerConfig
+from inferd.repository.manager import RuntimeLoader
 from inferd.server.app import InferdServer
 from tests.models import build_repository
 
@@ -37,7 +38,9 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_repository(tmp_path_factory.mktemp("repo"))
 
 
-def start_server(config: ServerConfig) -> Iterator[RunningServer]:
+def start_server(
+    config: ServerConfig, loaders: dict[str, RuntimeLoader] | None = None
+) -> Iterator[RunningServer]:
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     holder: dict[str, object] = {}
@@ -46,7 +49,7 @@ def start_server(config: ServerConfig) -> Iterator[RunningServer]:
         asyncio.set_event_loop(loop)
 
         async def main() -> None:
-            server = InferdServer(config)
+            server = InferdServer(config, loaders)
             try:
                 await server.start()
             except BaseException as exc:  # surface start failures to the test

@@ -60,11 +60,13 @@ class Gateway:
         start = time.perf_counter()
         version = request.version or ""
         try:
-            response = await self.dataplane.infer(request)
+            loaded = self.dataplane.model(request.model, request.version)
+            version = loaded.version
+            response = await self.dataplane.infer_on(loaded, request)
         except BaseException as exc:
             self.record(ctx, request.model, version, exc, start)
             raise
-        self.record(ctx, request.model, response.version, None, start)
+        self.record(ctx, request.model, version, None, start)
         return response
 
     def record(

@@ -22,7 +22,7 @@ from inferd.config import ServerConfig
 from inferd.dataplane import DataPlane
 from inferd.gateway.stage import Gateway
 from inferd.metrics.registry import Metrics
-from inferd.repository.manager import ModelManager
+from inferd.repository.manager import ModelManager, RuntimeLoader
 from inferd.server.grpc_v2 import V2Grpc
 from inferd.server.http_v2 import V2Http, error_response
 
@@ -34,7 +34,8 @@ GRPC_MAX_MESSAGE = 1 << 30
 class InferdServer:
     """Builds the layers (manager → dataplane → gateway → transports) and runs them."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, loaders: dict[str, RuntimeLoader] | None = None) -> None:
+        """`loaders` replaces the runtime loaders by `runtime` name (a seam for fault-injection tests)."""
         self.config = config
         self.metrics = Metrics()
         self.manager = ModelManager(
@@ -42,6 +43,7 @@ class InferdServer:
             self.metrics,
             control_mode=config.model_control,
             poll_interval_s=config.poll_interval_s,
+            loaders=loaders,
         )
         self.dataplane = DataPlane(self.manager)
         self.gateway = Gateway(self.dataplane, self.metrics)

@@ -1,0 +1,55 @@
+"""`inferd serve` as a user runs it: a subprocess on free ports, then SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from inferd.demo import build_demo_repository
+
+
+def test_serve_demo_repository_on_free_ports(tmp_path: Path) -> None:
+    repo = build_demo_repository(tmp_path / "demo")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferd.cli.main", "serve", "--model-repository", str(repo),
+         "--http-port", "0", "--grpc-port", "0", "--state-dir", str(tmp_path / "state")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("inferd: listening http="), line
+        ports = dict(part.split("=") for part in line.split()[2:])
+        base = f"http://127.0.0.1:{ports['http']}"
+        assert int(ports["grpc"]) > 0
+        assert httpx.get(f"{base}/v2/health/ready").json() == {"ready": True}
+        doc = {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [0.5] * 256}]}
+        out = httpx.post(f"{base}/v2/models/mlp/infer", json=doc)
+        assert out.status_code == 200 and out.json()["outputs"][0]["shape"] == [1, 10]
+        assert out.headers["x-request-id"]
+        assert "inferd_requests_total" in httpx.get(f"{base}/metrics").text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    for model in ("mlp", "heavy", "add_sub", "strings"):
+        assert f"model {model} version 1 loaded (sha256 " in err
+
+
+def test_serve_refuses_a_missing_repository(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "inferd.cli.main", "serve", "--model-repository", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "is not a folder" in result.stderr
