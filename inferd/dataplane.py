@@ -54,6 +54,10 @@ class DataPlane:
         """The loaded version (NotFound / NotReady otherwise)."""
         return self.manager.get(name, version)
 
+    def model_exists(self, name: str) -> bool:
+        """Whether the repository has a model called `name` (loaded or not)."""
+        return self.manager.exists(name)
+
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
             self.manager.get(name, version)

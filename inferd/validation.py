@@ -6,7 +6,7 @@ from collections.abc import Hashable
 
 from inferd.errors import InvalidInput
 from inferd.runtimes.base import ModelSignature
-from inferd.tensors import InferRequest
+from inferd.tensors import Array, InferRequest
 
 
 def validate(request: InferRequest, sig: ModelSignature) -> int:
@@ -53,6 +53,8 @@ def validate(request: InferRequest, sig: ModelSignature) -> int:
                 raise InvalidInput(
                     f"input {tensor.name!r} has batch size {shape[0]} but other inputs have {rows}"
                 )
+        if sig.text_bytes and spec.datatype.name == "BYTES":
+            _check_utf8(tensor.data, tensor.name)
         expect_dims = list(spec.dims)
         if len(dims) != len(expect_dims) or any(
             e >= 0 and d != e for d, e in zip(dims, expect_dims, strict=False)
@@ -75,3 +77,14 @@ def batch_signature(request: InferRequest, sig: ModelSignature) -> Hashable:
     if sig.max_batch_size == 0:
         return None
     return tuple((t.name, t.data.shape[1:]) for t in sorted(request.inputs, key=lambda t: t.name))
+
+
+def _check_utf8(array: Array, name: str) -> None:
+    for i, item in enumerate(array.reshape(-1).tolist()):
+        if isinstance(item, bytes):
+            try:
+                item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(
+                    f"input {name!r}: element {i} is not UTF-8 text, which this model's string inputs take"
+                ) from None

@@ -74,7 +74,7 @@ class Gateway:
     ) -> None:
         """Count a finished call (also one refused before it reached the dataplane)."""
         m = self.metrics
-        if isinstance(exc, NotFound):
+        if isinstance(exc, NotFound) or not self.dataplane.model_exists(model):
             model, version = UNKNOWN_MODEL, ""  # client-chosen names must not create metric series
         m.requests.labels(model, version, ctx.protocol, ctx.status_of(exc)).inc()
         m.request_duration.labels(model, version, ctx.protocol).observe(time.perf_counter() - start)

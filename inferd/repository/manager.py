@@ -99,7 +99,7 @@ class ModelManager:
         """The ready version (the highest when `version` is None). NotFound / NotReady otherwise."""
         model = self._models.get(name)
         if model is None or (not model.versions and model.state is not ModelState.LOADING):
-            if model is None and not (self.repository / name).is_dir():
+            if model is None and not self.exists(name):
                 raise NotFound(f"unknown model {name!r}")
             raise NotReady(
                 f"model {name!r} is not ready" + (f": {model.reason}" if model and model.reason else "")
@@ -114,6 +114,14 @@ class ModelManager:
                 raise InvalidInput(f"model version {version!r} is not a positive integer")
             raise NotFound(f"unknown version {version!r} of model {name!r}")
         return found
+
+    def exists(self, name: str) -> bool:
+        """Whether `name` is a model of the repository (loaded or not). Client input: checked first."""
+        if name in self._models:
+            return True
+        if not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+            return False
+        return (self.repository / name).is_dir()
 
     def ready_versions(self) -> list[ModelVersion]:
         return [v for m in self._models.values() for v in m.versions.values()]

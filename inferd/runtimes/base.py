@@ -19,6 +19,8 @@ class ModelSignature:
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int
     """0 = no batching dimension; otherwise the first dimension of every input and output is the batch."""
+    text_bytes: bool = False
+    """BYTES inputs must be UTF-8 text (ONNX string tensors); checked per request before queueing."""
 
     def input(self, name: str) -> TensorSpec | None:
         return next((s for s in self.inputs if s.name == name), None)

@@ -165,7 +165,7 @@ def _signature(session: ort.InferenceSession, config: ModelConfig) -> ModelSigna
         inputs = _check_declared(config.inputs, inputs, "input")
     if config.outputs is not None:
         outputs = _check_declared(config.outputs, outputs, "output")
-    return ModelSignature("onnxruntime_onnx", inputs, outputs, max_batch)
+    return ModelSignature("onnxruntime_onnx", inputs, outputs, max_batch, text_bytes=True)
 
 
 def _check_declared(

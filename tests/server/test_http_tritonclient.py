@@ -109,7 +109,9 @@ def test_output_subset(client: httpclient.InferenceServerClient) -> None:
     assert [o["name"] for o in result.get_response()["outputs"]] == ["diff"]
 
 
-def test_derived_config_mlp_matches_onnxruntime(client: httpclient.InferenceServerClient, model_repo: Path) -> None:
+def test_derived_config_mlp_matches_onnxruntime(
+    client: httpclient.InferenceServerClient, model_repo: Path
+) -> None:
     config = client.get_model_config("mlp")
     assert config["max_batch_size"] == 32  # derived from the graph's variable batch dimension
     assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [16]}]
@@ -164,7 +166,11 @@ def test_broken_models_are_reported_beside_good_ones(client: httpclient.Inferenc
 
 def test_statistics_count_inferences(client: httpclient.InferenceServerClient) -> None:
     def count() -> int:
-        return int(client.get_inference_statistics("add_sub")["model_stats"][0]["inference_stats"]["success"]["count"])
+        return int(
+            client.get_inference_statistics("add_sub")["model_stats"][0]["inference_stats"]["success"][
+                "count"
+            ]
+        )
 
     before = count()
     inputs, _, _ = _add_sub_inputs(True)
