@@ -26,8 +26,8 @@ serve: demo
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check inferd tests benchmarks
-	$(BIN)/ruff format --check inferd tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy inferd
 
 unit: $(STAMP)
