@@ -53,3 +53,16 @@ def test_serve_refuses_a_missing_repository(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "is not a folder" in result.stderr
+
+
+def test_listening_socket_is_tcp_so_responses_are_not_delayed() -> None:
+    # asyncio disables Nagle only on sockets whose proto is TCP; without it every response waits ~40 ms.
+    import socket
+
+    from inferd.server.app import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -57,6 +57,9 @@ class OnnxRuntime:
         if config.inter_op_threads:
             options.inter_op_num_threads = config.inter_op_threads
         options.log_severity_level = 3
+        # Spinning worker threads would steal the cores the event loop needs to parse requests.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(
                 str(path), sess_options=options, providers=providers_for(config.execution_provider)
