@@ -1,0 +1,123 @@
+"""The sampler alone, on hand-made logits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from inferd.engine import SamplingParams
+from inferd.engine.sampler import Sampler, SamplingState
+
+CPU = torch.device("cpu")
+LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, 3.0]])  # token 5 most likely, then 0, 1, 2, 3, 4
+VOCAB = LOGITS.shape[1]
+
+
+def sampler(seed: int = 0) -> Sampler:
+    return Sampler(VOCAB, CPU, seed)
+
+
+def states(
+    s: Sampler, params: SamplingParams, rows: int, prompt: tuple[int, ...] = (0,)
+) -> list[SamplingState]:
+    return [s.new_state(params, prompt, []) for _ in range(rows)]
+
+
+def draw(params: SamplingParams, rows: int = 4000, seed: int = 0) -> torch.Tensor:
+    """Counts per token over `rows` independent draws."""
+    s = sampler(seed)
+    out = s.sample(LOGITS.expand(rows, -1).contiguous(), states(s, params, rows))
+    return torch.bincount(torch.tensor(out.token_ids), minlength=VOCAB)
+
+
+def test_greedy_is_argmax() -> None:
+    s = sampler()
+    assert s.sample(LOGITS, states(s, SamplingParams(temperature=0.0), 1)).token_ids == [5]
+
+
+def test_sampling_follows_the_distribution() -> None:
+    counts = draw(SamplingParams(temperature=1.0)).float() / 4000
+    expected = LOGITS[0].softmax(-1)
+    assert torch.allclose(counts, expected, atol=0.03)
+
+
+def test_temperature_sharpens() -> None:
+    counts = draw(SamplingParams(temperature=0.1))
+    assert counts[5] > 3900
+
+
+@pytest.mark.parametrize(
+    ("params", "allowed"),
+    [
+        (SamplingParams(top_k=1), {5}),
+        (SamplingParams(top_k=2), {5, 0}),
+        (SamplingParams(top_p=0.5), {5}),  # p(5) = 0.63 >= 0.5
+        (SamplingParams(top_p=0.8), {5, 0}),  # 0.63 + 0.23 >= 0.8
+        (SamplingParams(min_p=0.3), {5, 0}),  # p(0) / p(5) = 0.37; p(1) / p(5) = 0.14
+        (SamplingParams(top_k=3, min_p=0.3), {5, 0}),
+    ],
+)
+def test_filters(params: SamplingParams, allowed: set[int]) -> None:
+    counts = draw(params, rows=2000)
+    assert {i for i, c in enumerate(counts.tolist()) if c} == allowed
+
+
+def test_seeded_draws_are_reproducible_and_independent_of_the_batch() -> None:
+    seeded = SamplingParams(temperature=1.0, seed=7)
+    s = sampler(1)
+    alone = [s.sample(LOGITS, [s.new_state(seeded, (0,), [1] * k)]).token_ids[0] for k in range(30)]
+    s = sampler(2)
+    batched = []
+    for k in range(30):
+        rows = [s.new_state(SamplingParams(temperature=1.0), (0,), []), s.new_state(seeded, (0,), [1] * k)]
+        batched.append(s.sample(LOGITS.expand(2, -1).contiguous(), rows).token_ids[1])
+    assert alone == batched
+    other = SamplingParams(temperature=1.0, seed=8)
+    assert alone != [s.sample(LOGITS, [s.new_state(other, (0,), [1] * k)]).token_ids[0] for k in range(30)]
+
+
+def test_repetition_penalty_demotes_seen_tokens() -> None:
+    s = sampler()
+    params = SamplingParams(temperature=0.0, repetition_penalty=2.0)
+    # token 5 seen in the prompt: 3.0 / 2 = 1.5 < 2.0 (token 0)
+    assert s.sample(LOGITS, states(s, params, 1, prompt=(5,))).token_ids == [0]
+
+
+def test_frequency_and_presence_penalties_count_output_tokens() -> None:
+    s = sampler()
+    freq = SamplingParams(temperature=0.0, frequency_penalty=0.6)
+    state = s.new_state(freq, (1,), [5])  # 3.0 - 0.6 = 2.4 > 2.0
+    assert s.sample(LOGITS, [state]).token_ids == [5]
+    state.append(5)  # 3.0 - 1.2 = 1.8 < 2.0
+    assert s.sample(LOGITS, [state]).token_ids == [0]
+    presence = SamplingParams(temperature=0.0, presence_penalty=1.5)
+    state = s.new_state(presence, (1,), [5, 5, 5])  # 3.0 - 1.5 < 2.0, once however often
+    assert s.sample(LOGITS, [state]).token_ids == [0]
+
+
+def test_logprobs_are_of_the_raw_distribution() -> None:
+    s = sampler()
+    params = SamplingParams(temperature=0.0, logprobs=True, top_logprobs=3, repetition_penalty=1.5)
+    out = s.sample(LOGITS, states(s, params, 1))
+    lp = out.logprobs[0]
+    assert lp is not None
+    expected = LOGITS[0].log_softmax(-1)
+    assert lp.top_token_ids == (5, 0, 1)
+    assert lp.top_logprobs == pytest.approx(expected[[5, 0, 1]].tolist())
+    assert lp.logprob == pytest.approx(expected[out.token_ids[0]].item())
+    assert math.isclose(sum(math.exp(v) for v in expected.tolist()), 1.0, rel_tol=1e-5)
+
+
+def test_mixed_batch() -> None:
+    s = sampler()
+    rows = [
+        s.new_state(SamplingParams(temperature=0.0), (0,), []),
+        s.new_state(SamplingParams(temperature=1.0, top_k=1), (0,), []),
+        s.new_state(SamplingParams(temperature=0.0, logprobs=True), (0,), []),
+        s.new_state(SamplingParams(temperature=0.7, seed=3, top_p=0.5), (0,), []),
+    ]
+    out = s.sample(LOGITS.expand(4, -1).contiguous(), rows)
+    assert out.token_ids == [5, 5, 5, 5]
+    assert [lp is not None for lp in out.logprobs] == [False, False, True, False]
