@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferd import __version__
+from inferd.generation import GenerateRequest, GenerationStream
+from inferd.repository.llm_version import LLMVersion
 from inferd.repository.manager import IndexEntry, ModelManager
 from inferd.repository.model_version import ModelVersion
 from inferd.tensors import InferRequest, InferResponse
@@ -60,7 +62,7 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
-            self.manager.get(name, version)
+            self.manager.get_any(name, version)
         except Exception:
             return False
         return True
@@ -74,6 +76,22 @@ class DataPlane:
     async def infer_on(self, version: ModelVersion, request: InferRequest) -> InferResponse:
         """Run `request` on an already resolved version."""
         return await version.infer(request)
+
+    def llm(self, name: str, version: str | None = None) -> LLMVersion:
+        """The loaded LLM version (NotFound for an unknown model or a tensor model; NotReady)."""
+        return self.manager.get_llm(name, version)
+
+    def llm_versions(self) -> list[LLMVersion]:
+        """Every ready LLM version (the OpenAI model list)."""
+        return self.manager.llm_versions()
+
+    async def generate(self, request: GenerateRequest) -> GenerationStream:
+        """Queue a generation; the stream yields its outputs (close it early to abort)."""
+        return await self.generate_on(self.llm(request.model, request.version), request)
+
+    async def generate_on(self, version: LLMVersion, request: GenerateRequest) -> GenerationStream:
+        """Queue `request` on an already resolved LLM version."""
+        return await version.generate(request)
 
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         return self.manager.index(ready_only)

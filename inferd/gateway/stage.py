@@ -13,6 +13,7 @@ from typing import Protocol as TypingProtocol
 from inferd.dataplane import DataPlane
 from inferd.errors import NotFound
 from inferd.gateway.context import ANONYMOUS, CallContext, Principal, Protocol, StatusOf, new_request_id
+from inferd.generation import GenerateRequest, GenerationStream
 from inferd.metrics.registry import Metrics
 from inferd.tensors import InferRequest, InferResponse
 
@@ -68,6 +69,12 @@ class Gateway:
             raise
         self.record(ctx, request.model, version, None, start)
         return response
+
+    async def generate(self, ctx: CallContext, request: GenerateRequest) -> GenerationStream:
+        """Admit a generation and queue it. The transport records the call (`record`) when the stream
+        ends, since a stream outlives this call."""
+        loaded = self.dataplane.llm(request.model, request.version)
+        return await self.dataplane.generate_on(loaded, request)
 
     def record(
         self, ctx: CallContext, model: str, version: str, exc: BaseException | None, start: float

@@ -58,12 +58,52 @@ class Metrics:
         self.queue_depth = Gauge(
             "inferd_queue_depth", "Requests waiting in the batcher queue.", ["model", "version"], registry=r
         )
+        self._llm_metrics(r)
         self.model_ready = Gauge(
             "inferd_model_ready",
             "1 when the model version is loaded and ready.",
             ["model", "version"],
             registry=r,
         )
+
+    def _llm_metrics(self, r: CollectorRegistry) -> None:
+        """The LLM engine's metrics (names as vLLM's users know them)."""
+        labels = ["model", "version"]
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=r)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, labels, registry=r)
+
+        self.time_to_first_token = hist(
+            "inferd_time_to_first_token_seconds", "Time from a request's arrival to its first output token."
+        )
+        self.inter_token_latency = hist(
+            "inferd_inter_token_latency_seconds", "Time between two output chunks of a streamed request."
+        )
+        self.e2e_request_latency = hist(
+            "inferd_e2e_request_latency_seconds", "Time from a request's arrival to its last output token."
+        )
+        self.request_queue_time = hist(
+            "inferd_request_queue_time_seconds",
+            "Time from a request's arrival to its acceptance by the engine.",
+        )
+        self.num_requests_running = gauge("inferd_num_requests_running", "Requests the engine is running.")
+        self.num_requests_waiting = gauge("inferd_num_requests_waiting", "Requests waiting in the engine.")
+        self.kv_cache_usage = gauge("inferd_kv_cache_usage_ratio", "Share of the KV-cache blocks in use.")
+        self.prefix_cache_queries = counter(
+            "inferd_prefix_cache_queries", "Prompt tokens looked up in the prefix cache."
+        )
+        self.prefix_cache_hits = counter(
+            "inferd_prefix_cache_hits", "Prompt tokens found in the prefix cache."
+        )
+        self.preemptions = counter("inferd_preemptions", "Requests preempted for lack of KV-cache blocks.")
+        self.prompt_tokens = counter("inferd_prompt_tokens", "Prompt tokens of finished requests.")
+        self.generation_tokens = counter("inferd_generation_tokens", "Tokens generated.")
 
     def track_queue_depth(self, model: str, version: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model, version).set_function(depth)

@@ -17,19 +17,24 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
-from inferd.configfile import ConfigError
+from inferd.configfile import ConfigError, load_yaml, parse
 from inferd.errors import InferdError, InvalidInput, ModelLoadError, NotFound, NotReady
 from inferd.metrics.registry import Metrics
 from inferd.repository import discovery
-from inferd.repository.model_config import ModelConfig, load_model_config
+from inferd.repository.llm_version import LLMVersion
+from inferd.repository.model_config import CONFIG_FILE, ModelConfig, configured_runtime, load_model_config
 from inferd.repository.model_version import ModelVersion, warmup
 from inferd.runtimes.base import Runtime
+from inferd.runtimes.llm import LLMModelConfig, load_llm_version
 from inferd.runtimes.onnx import OnnxRuntime
 
 log = logging.getLogger("inferd.repository")
 
 ControlMode = Literal["none", "explicit", "poll"]
 RuntimeLoader = Callable[[Path, ModelConfig], Runtime]
+ServedVersion = ModelVersion | LLMVersion
+"""A ready version: a tensor model behind its batcher, or an LLM behind its engine."""
+_Loaded = tuple[str, ModelConfig, Runtime] | LLMVersion
 
 
 class ModelState(Enum):
@@ -54,7 +59,7 @@ class _Model:
     name: str
     state: ModelState = ModelState.UNAVAILABLE
     reason: str = ""
-    versions: dict[str, ModelVersion] = field(default_factory=dict)
+    versions: dict[str, ServedVersion] = field(default_factory=dict)
     fingerprint: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -96,7 +101,22 @@ class ModelManager:
             await self.unload(name)
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
-        """The ready version (the highest when `version` is None). NotFound / NotReady otherwise."""
+        """The ready tensor-model version (the highest when `version` is None). NotFound / NotReady
+        otherwise; InvalidInput for an LLM (it is served by the OpenAI API)."""
+        found = self.get_any(name, version)
+        if not isinstance(found, ModelVersion):
+            raise InvalidInput(f"model {name!r} is an LLM: use the OpenAI API (/v1/completions)")
+        return found
+
+    def get_llm(self, name: str, version: str | None = None) -> LLMVersion:
+        """The ready LLM version; NotFound for a tensor model (it has no OpenAI API)."""
+        found = self.get_any(name, version)
+        if not isinstance(found, LLMVersion):
+            raise NotFound(f"model {name!r} is not a language model")
+        return found
+
+    def get_any(self, name: str, version: str | None = None) -> ServedVersion:
+        """The ready version of either kind (the highest when `version` is None)."""
         model = self._models.get(name)
         if model is None or (not model.versions and model.state is not ModelState.LOADING):
             if model is None and not self.exists(name):
@@ -124,7 +144,12 @@ class ModelManager:
         return (self.repository / name).is_dir()
 
     def ready_versions(self) -> list[ModelVersion]:
-        return [v for m in self._models.values() for v in m.versions.values()]
+        """Ready tensor-model versions."""
+        return [v for m in self._models.values() for v in m.versions.values() if isinstance(v, ModelVersion)]
+
+    def llm_versions(self) -> list[LLMVersion]:
+        """Ready LLM versions."""
+        return [v for m in self._models.values() for v in m.versions.values() if isinstance(v, LLMVersion)]
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         """Every model of the repository with its state, loaded or not."""
@@ -159,10 +184,15 @@ class ModelManager:
                 model.reason = exc.message
                 log.error("model %s failed to load: %s", name, exc.message)
                 raise
-            versions: dict[str, ModelVersion] = {}
-            for version, (sha, config, runtime) in fresh.items():
-                versions[version] = ModelVersion(name, version, sha, config, runtime, self._metrics)
-                log.info("model %s version %s loaded (sha256 %s)", name, version, sha[:12])
+            versions: dict[str, ServedVersion] = {}
+            for version, loaded in fresh.items():
+                served = (
+                    loaded
+                    if isinstance(loaded, LLMVersion)
+                    else ModelVersion(name, version, *loaded, self._metrics)
+                )
+                versions[version] = served
+                log.info("model %s version %s loaded (sha256 %s)", name, version, served.sha256[:12])
             model.versions = versions
             model.state = ModelState.READY
             model.reason = ""
@@ -186,9 +216,11 @@ class ModelManager:
             model.reason = "unloaded"
             log.info("model %s unloaded", name)
 
-    def _load_versions(self, model_dir: discovery.ModelDir) -> dict[str, tuple[str, ModelConfig, Runtime]]:
+    def _load_versions(self, model_dir: discovery.ModelDir) -> dict[str, _Loaded]:
         """Blocking: read config, load runtimes, warm up (runs in a worker thread)."""
         try:
+            if configured_runtime(model_dir.path) == "llm":
+                return self._load_llm_versions(model_dir)
             config = load_model_config(model_dir.path)
         except ConfigError as exc:
             raise ModelLoadError(str(exc)) from None
@@ -201,7 +233,7 @@ class ModelManager:
         loader = self._loaders.get(config.runtime)
         if loader is None:
             raise ModelLoadError(f"runtime {config.runtime!r} is not available")
-        loaded: dict[str, tuple[str, ModelConfig, Runtime]] = {}
+        loaded: dict[str, _Loaded] = {}
         for number in selected:
             version_dir = model_dir.path / str(number)
             sha = discovery.version_sha256(version_dir)
@@ -213,6 +245,28 @@ class ModelManager:
             except Exception as exc:  # a model must never take the server down with it
                 raise ModelLoadError(f"version {number}: {type(exc).__name__}: {exc}") from None
             loaded[str(number)] = (sha, config, runtime)
+        return loaded
+
+    def _load_llm_versions(self, model_dir: discovery.ModelDir) -> dict[str, _Loaded]:
+        """Blocking: parse the LLM config and load each selected version's engine."""
+        where = f"{model_dir.name}/{CONFIG_FILE}"
+        config = parse(LLMModelConfig, load_yaml(model_dir.path / CONFIG_FILE), where)
+        present = model_dir.versions()
+        selected = config.version_policy.select(present)
+        if not selected:
+            raise ModelLoadError(f"model {model_dir.name!r}: no version folder selected (present: {present})")
+        loaded: dict[str, _Loaded] = {}
+        for number in selected:
+            version_dir = model_dir.path / str(number)
+            sha = discovery.version_sha256(version_dir)
+            try:
+                loaded[str(number)] = load_llm_version(
+                    model_dir.name, str(number), sha, version_dir, config, self._metrics
+                )
+            except ModelLoadError:
+                raise
+            except Exception as exc:  # a model must never take the server down with it
+                raise ModelLoadError(f"version {number}: {type(exc).__name__}: {exc}") from None
         return loaded
 
     async def _poll_loop(self) -> None:

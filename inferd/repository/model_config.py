@@ -128,6 +128,15 @@ class ModelConfig:
             raise ValueError("thread counts must be >= 0")
 
 
+def configured_runtime(model_dir: Path) -> str:
+    """The `runtime` key of the model's `config.yaml` (`onnx` when absent), read before the whole file is
+    parsed by that runtime's config class."""
+    path = model_dir / CONFIG_FILE
+    if not path.exists():
+        return "onnx"
+    return str(load_yaml(path).get("runtime", "onnx"))
+
+
 def load_model_config(model_dir: Path) -> ModelConfig:
     """The model's config from `config.yaml`, or the defaults when the file is absent."""
     path = model_dir / CONFIG_FILE

@@ -25,6 +25,7 @@ from inferd.metrics.registry import Metrics
 from inferd.repository.manager import ModelManager, RuntimeLoader
 from inferd.server.grpc_v2 import V2Grpc
 from inferd.server.http_v2 import V2Http, error_response
+from inferd.server.openai_api import OpenAIHttp
 
 log = logging.getLogger("inferd")
 
@@ -56,6 +57,7 @@ class InferdServer:
 
     def http_app(self) -> Starlette:
         v2 = V2Http(self.gateway, self.config.max_request_bytes)
+        openai = OpenAIHttp(self.gateway, self.config.max_request_bytes)
 
         async def metrics(request: Request) -> Response:
             return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -72,7 +74,7 @@ class InferdServer:
             return error_response(exc)
 
         return Starlette(
-            routes=[*v2.routes(), Route("/metrics", metrics, methods=["GET"])],
+            routes=[*v2.routes(), *openai.routes(), Route("/metrics", metrics, methods=["GET"])],
             exception_handlers={404: not_found, 405: not_found, 500: internal},
         )
 

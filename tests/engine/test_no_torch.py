@@ -5,6 +5,9 @@ import sys
 
 MODULES = [
     "inferd.engine",
+    "inferd.engine.async_engine",
+    "inferd.engine.chat_template",
+    "inferd.engine.tokenizer",
     "inferd.engine.block_hash",
     "inferd.engine.block_pool",
     "inferd.engine.config",

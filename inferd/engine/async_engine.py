@@ -1,0 +1,339 @@
+"""The LLM engine behind an event loop: one thread steps the engine, requests stream their outputs back.
+
+    event loop                         engine thread
+    generate() ──_Add──► inbox ──────► add_request (between steps) ──► accepted / refused ─┐
+    stream ◄── asyncio.Queue ◄── call_soon_threadsafe ◄── step() → detokenize, stop strings ◄┘
+    aclose() / disconnect ──_Abort──► inbox ──────► abort_requests (blocks freed before the next step)
+
+Detokenization and stop strings run on the engine thread, so a request that hits a stop string is finished
+before the next step schedules it again. A crash of the loop fails every open stream with `ExecutionFailed`
+and refuses later requests (`NotReady`): never a silent hang. Torch-free: the engine is any `EngineCore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from inferd.engine.outputs import RequestUpdate, SchedulerStats
+from inferd.engine.request import FinishReason
+from inferd.engine.sampling_params import SamplingParams
+from inferd.engine.scheduler import Scheduler
+from inferd.engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from inferd.errors import ExecutionFailed, NotReady
+from inferd.generation import GenerationChunk, TokenLogprob, Usage
+
+log = logging.getLogger("inferd.engine")
+
+
+class EngineCore(Protocol):
+    """What the loop needs of `LLMEngine` (a seam for tests)."""
+
+    scheduler: Scheduler
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int],
+        sampling_params: SamplingParams,
+        *,
+        priority: int = 0,
+        cache_salt: str | None = None,
+    ) -> list[str]: ...
+
+    def abort_requests(self, request_ids: Sequence[str]) -> None: ...
+
+    def has_unfinished_requests(self) -> bool: ...
+
+    def step(self) -> list[RequestUpdate]: ...
+
+    def stats(self) -> SchedulerStats: ...
+
+
+class _Done:
+    """End of a stream."""
+
+
+class _Accepted:
+    """The engine queued the request."""
+
+
+_DONE = _Done()
+_ACCEPTED = _Accepted()
+_Item = GenerationChunk | BaseException | _Done | _Accepted
+
+
+@dataclass(eq=False)
+class _Sample:
+    stream: RequestStream
+    index: int
+    detokenizer: IncrementalDetokenizer
+
+
+@dataclass(eq=False)
+class _Add:
+    stream: RequestStream
+    prompt_token_ids: Sequence[int]
+    params: SamplingParams
+    skip_special_tokens: bool
+    priority: int
+    cache_salt: str | None
+
+
+@dataclass(frozen=True)
+class _Abort:
+    request_id: str
+
+
+@dataclass(eq=False)
+class RequestStream:
+    """The outputs of one request: iterate for chunks; `aclose` (or leaving the loop early) aborts it."""
+
+    request_id: str
+    """The engine's id of the request (unique within the engine)."""
+    prompt_token_ids: tuple[int, ...]
+    usage: Usage
+    model: str
+    version: str
+    _engine: AsyncLLMEngine
+    _loop: asyncio.AbstractEventLoop
+    _queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
+    _finished: bool = False
+    _remaining: int = 0
+    arrival_time: float = field(default_factory=time.monotonic)
+    first_token_time: float | None = None
+
+    def post(self, item: _Item) -> None:
+        """From the engine thread."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def _next(self) -> _Item:
+        return await self._queue.get()
+
+    def __aiter__(self) -> AsyncIterator[GenerationChunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[GenerationChunk]:
+        try:
+            while not self._finished:
+                item = await self._queue.get()
+                if isinstance(item, _Done):
+                    self._finished = True
+                elif isinstance(item, BaseException):
+                    self._finished = True
+                    raise item
+                elif isinstance(item, GenerationChunk):
+                    if self.first_token_time is None:
+                        self.first_token_time = time.monotonic()
+                    yield item
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._engine.abort(self.request_id)
+
+
+class AsyncLLMEngine:
+    """Runs an `EngineCore` in a thread of its own and streams outputs to asyncio queues."""
+
+    def __init__(
+        self,
+        engine: EngineCore,
+        tokenizer: Tokenizer,
+        *,
+        name: str = "llm",
+        on_step: Callable[[SchedulerStats], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self._on_step = on_step
+        self._cv = threading.Condition()
+        self._inbox: list[_Add | _Abort] = []
+        self._samples: dict[str, _Sample] = {}
+        self._streams: dict[str, RequestStream] = {}
+        self._ids = itertools.count()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def num_open_streams(self) -> int:
+        return len(self._streams)
+
+    async def generate(
+        self,
+        prompt_token_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        request_id: str = "",
+        model: str = "",
+        version: str = "",
+        skip_special_tokens: bool = True,
+        priority: int = 0,
+        cache_salt: str | None = None,
+    ) -> RequestStream:
+        """Queue a request; returns its stream once the engine accepted it. Raises the engine's refusal
+        (InvalidInput: context length, KV cache too small) or NotReady when the engine is stopped."""
+        self._check_alive()
+        internal_id = f"{request_id or 'req'}-{next(self._ids)}"
+        stream = RequestStream(
+            internal_id,
+            tuple(prompt_token_ids),
+            Usage(len(prompt_token_ids)),
+            model,
+            version,
+            self,
+            asyncio.get_running_loop(),
+        )
+        self._post(_Add(stream, prompt_token_ids, params, skip_special_tokens, priority, cache_salt))
+        try:
+            first = await stream._next()
+        except BaseException:
+            self.abort(internal_id)
+            raise
+        if isinstance(first, BaseException):
+            stream._finished = True
+            raise first
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request (thread-safe); its blocks are freed before the engine's next step."""
+        self._post(_Abort(request_id))
+
+    def close(self) -> None:
+        """Stop the loop; open streams fail with NotReady (blocking: joins the thread)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(30)
+
+    def _check_alive(self) -> None:
+        if self._error is not None:
+            raise NotReady(f"the engine stopped after an error: {type(self._error).__name__}: {self._error}")
+        if self._closed:
+            raise NotReady("the engine is shut down")
+
+    def _post(self, command: _Add | _Abort) -> None:
+        with self._cv:
+            self._inbox.append(command)
+            self._cv.notify()
+
+    # ---- the engine thread
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not self._inbox and not self._closed and not self.engine.has_unfinished_requests():
+                        self._cv.wait()
+                    if self._closed:
+                        break
+                    inbox, self._inbox = self._inbox, []
+                for command in inbox:
+                    self._apply(command)
+                if self.engine.has_unfinished_requests():
+                    self._process(self.engine.step())
+                if self._on_step is not None:
+                    self._on_step(self.engine.stats())
+        except BaseException as exc:
+            log.exception("the engine loop crashed")
+            self._error = exc
+            failure: BaseException = ExecutionFailed(f"the engine failed: {type(exc).__name__}: {exc}")
+        else:
+            failure = NotReady("the engine is shut down")
+        with self._cv:
+            pending, self._inbox = self._inbox, []
+        for command in pending:
+            if isinstance(command, _Add):
+                command.stream.post(failure)
+        for stream in self._streams.values():
+            stream.post(failure)
+        self._streams.clear()
+        self._samples.clear()
+
+    def _apply(self, command: _Add | _Abort) -> None:
+        if isinstance(command, _Abort):
+            stream = self._streams.pop(command.request_id, None)
+            if stream is not None:
+                self.engine.abort_requests([command.request_id])
+                for sample_id in [k for k, v in self._samples.items() if v.stream is stream]:
+                    del self._samples[sample_id]
+            return
+        stream = command.stream
+        try:
+            sample_ids = self.engine.add_request(
+                stream.request_id,
+                command.prompt_token_ids,
+                command.params,
+                priority=command.priority,
+                cache_salt=command.cache_salt,
+            )
+        except Exception as exc:
+            stream.post(exc)
+            return
+        for index, sample_id in enumerate(sample_ids):
+            detok = IncrementalDetokenizer(
+                self.tokenizer, command.params.stop, skip_special_tokens=command.skip_special_tokens
+            )
+            self._samples[sample_id] = _Sample(stream, index, detok)
+        stream._remaining = len(sample_ids)
+        self._streams[stream.request_id] = stream
+        stream.post(_ACCEPTED)
+
+    def _process(self, updates: list[RequestUpdate]) -> None:
+        for update in updates:
+            sample = self._samples.get(update.request_id)
+            if sample is None:
+                continue
+            delta = sample.detokenizer.add(update.new_token_ids)
+            finish, stop_reason = update.finish_reason, update.stop_reason
+            text = delta.text
+            if delta.stop is not None:
+                if finish is None:
+                    self.engine.scheduler.finish_requests([update.request_id], FinishReason.STOP, delta.stop)
+                finish, stop_reason = FinishReason.STOP, delta.stop
+            elif finish is not None:
+                text += sample.detokenizer.flush().text
+            stream = sample.stream
+            stream.usage.completion_tokens += len(update.new_token_ids)
+            stream.usage.cached_tokens = max(stream.usage.cached_tokens, update.num_cached_tokens)
+            chunk = GenerationChunk(
+                sample.index,
+                text,
+                update.new_token_ids,
+                self._logprobs(update),
+                None if finish is None else finish.value,
+                stop_reason,
+            )
+            stream.post(chunk)
+            if finish is not None:
+                del self._samples[update.request_id]
+                stream._remaining -= 1
+                if stream._remaining == 0:
+                    self._streams.pop(stream.request_id, None)
+                    stream.post(_DONE)
+
+    def _logprobs(self, update: RequestUpdate) -> tuple[TokenLogprob, ...]:
+        if not update.logprobs:
+            return ()
+        text = self.tokenizer.token_text
+        return tuple(
+            TokenLogprob(
+                text(token),
+                token,
+                lp.logprob,
+                tuple((text(t), v) for t, v in zip(lp.top_token_ids, lp.top_logprobs, strict=True)),
+            )
+            for token, lp in zip(update.new_token_ids, update.logprobs, strict=True)
+        )

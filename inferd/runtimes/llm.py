@@ -1,0 +1,113 @@
+"""The LLM runtime: `config.yaml` with `runtime: llm`, and loading a version folder into a served engine.
+
+A version folder holds a Hugging Face model: `config.json`, `*.safetensors`, `tokenizer.json`,
+`tokenizer_config.json` (chat template, special tokens) and optionally `generation_config.json`.
+Only this module's `load_llm_version` imports torch (lazily), so the server starts without it until an LLM
+model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from inferd.engine.chat_template import ChatTemplate
+from inferd.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from inferd.engine.tokenizer import Tokenizer
+from inferd.errors import ModelLoadError
+from inferd.metrics.registry import Metrics
+from inferd.repository.llm_version import LLMVersion
+from inferd.repository.model_config import VersionPolicyConfig
+
+
+@dataclass
+class LLMModelConfig:
+    """`config.yaml` of an LLM model (all its versions). Defaults suit a CPU."""
+
+    runtime: Literal["llm"] = "llm"
+    """Which runtime serves the model."""
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
+    """Weights and KV-cache dtype; `auto` keeps the dtype of `config.json`."""
+    max_model_len: int | None = None
+    """Longest sequence (prompt + output) in tokens; unset: the model's context length, capped at 4096."""
+    max_num_seqs: int = 16
+    """Most requests running at once."""
+    max_num_batched_tokens: int = 2048
+    """Token budget of one engine step (prefill and decode tokens together)."""
+    block_size: int = 16
+    """Tokens per KV-cache block."""
+    kv_cache_memory: float = 0.25
+    """KV-cache size: bytes when > 1, else a fraction of the free device memory (on a CPU also capped at
+    what `max_num_seqs` full-length sequences need)."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV of earlier requests' identical prompt prefixes."""
+    version_policy: VersionPolicyConfig = field(default_factory=VersionPolicyConfig)
+    """Which versions are served (default: the latest one)."""
+
+    def __post_init__(self) -> None:
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError("max_model_len must be >= 2")
+        if self.max_num_seqs < 1 or self.block_size < 1:
+            raise ValueError("max_num_seqs and block_size must be >= 1")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError("max_num_batched_tokens must be >= max_num_seqs")
+        if self.kv_cache_memory <= 0:
+            raise ValueError("kv_cache_memory must be > 0 (bytes, or a fraction in (0, 1])")
+
+    def engine_config(self, default_max_len: int = 4096) -> EngineConfig:
+        """The engine's configuration (`max_model_len` is lowered to the model's at load)."""
+        memory = self.kv_cache_memory
+        return EngineConfig(
+            SchedulerConfig(
+                max_model_len=self.max_model_len or default_max_len,
+                max_num_seqs=self.max_num_seqs,
+                max_num_batched_tokens=self.max_num_batched_tokens,
+            ),
+            CacheConfig(
+                block_size=self.block_size,
+                memory_bytes=int(memory) if memory > 1 else None,
+                memory_fraction=memory if memory <= 1 else 0.9,
+                enable_prefix_caching=self.enable_prefix_caching,
+            ),
+        )
+
+
+def generation_eos_ids(version_dir: Path) -> tuple[int, ...]:
+    """EOS ids of `generation_config.json` (empty when absent)."""
+    path = version_dir / "generation_config.json"
+    if not path.is_file():
+        return ()
+    try:
+        eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"invalid generation_config.json: {exc}") from None
+    return tuple(int(t) for t in (eos if isinstance(eos, list) else [] if eos is None else [eos]))
+
+
+def load_llm_version(
+    name: str, version: str, sha256: str, version_dir: Path, config: LLMModelConfig, metrics: Metrics
+) -> LLMVersion:
+    """Blocking: load weights, tokenizer and chat template, and start the engine thread."""
+    import dataclasses
+
+    from inferd.engine.async_engine import AsyncLLMEngine
+    from inferd.engine.llm_engine import LLMEngine
+
+    tokenizer = Tokenizer.load(version_dir)
+    template = ChatTemplate.load(version_dir)
+    dtype = None if config.dtype == "auto" else config.dtype
+    engine = LLMEngine.load(version_dir, config.engine_config(), dtype=dtype)
+    extra_eos = generation_eos_ids(version_dir)
+    if tokenizer.eos_token_id is not None:
+        extra_eos += (tokenizer.eos_token_id,)
+    eos = engine.arch.eos_token_ids
+    merged = eos + tuple(dict.fromkeys(t for t in extra_eos if t not in eos))
+    if merged != eos:
+        engine.arch = dataclasses.replace(engine.arch, eos_token_ids=merged)
+    served = LLMVersion(
+        name, version, sha256, tokenizer, template, engine.config.scheduler.max_model_len, metrics
+    )
+    served.attach(AsyncLLMEngine(engine, tokenizer, name=f"{name}-{version}", on_step=served.on_step))
+    return served

@@ -1,0 +1,284 @@
+"""The OpenAI API on the HTTP port: `/v1/models`, `/v1/completions`, `/v1/chat/completions` (with SSE).
+
+Bodies are parsed by `openai_schema`; generation goes through the gateway; errors have OpenAI's shape
+`{"error": {"message", "type", "param", "code"}}`. A streaming client that disconnects has its requests
+aborted (the stream's cancellation closes the engine streams). Every response carries `x-request-id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from inferd.errors import NotFound, ResourceExhausted
+from inferd.gateway.context import CallContext
+from inferd.gateway.stage import Gateway
+from inferd.generation import GenerateRequest, GenerationChunk, GenerationStream, TokenLogprob, collect
+from inferd.server import status
+from inferd.server.http_v2 import read_body
+from inferd.server.openai_schema import InvalidParam, OpenAIRequest, parse_body, parse_chat, parse_completion
+
+JSON = "application/json"
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    503: "service_unavailable",
+    504: "timeout",
+}
+
+
+def openai_error(exc: BaseException, request_id: str) -> Response:
+    code = status.http_status(exc)
+    headers = {"x-request-id": request_id}
+    if isinstance(exc, ResourceExhausted):
+        headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+    error = {
+        "message": status.message(exc),
+        "type": _ERROR_TYPES.get(code, "server_error"),
+        "param": exc.param
+        if isinstance(exc, InvalidParam)
+        else ("model" if isinstance(exc, NotFound) else None),
+        "code": "model_not_found" if isinstance(exc, NotFound) else None,
+    }
+    return Response(orjson.dumps({"error": error}), status_code=code, media_type=JSON, headers=headers)
+
+
+def _usage(streams: Sequence[GenerationStream]) -> dict[str, Any]:
+    prompt = sum(s.usage.prompt_tokens for s in streams)
+    completion = sum(s.usage.completion_tokens for s in streams)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(s.usage.cached_tokens for s in streams)},
+    }
+
+
+def _completion_logprobs(items: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:
+    offsets = []
+    for item in items:
+        offsets.append(offset)
+        offset += len(item.token)
+    return {
+        "tokens": [i.token for i in items],
+        "token_logprobs": [i.logprob for i in items],
+        "top_logprobs": [dict(i.top) for i in items],
+        "text_offset": offsets,
+    }
+
+
+def _chat_logprobs(items: Sequence[TokenLogprob]) -> dict[str, Any]:
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {
+        "content": [
+            {**entry(i.token, i.logprob), "top_logprobs": [entry(t, lp) for t, lp in i.top]} for i in items
+        ]
+    }
+
+
+async def _merged(streams: Sequence[GenerationStream]) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    """The chunks of several streams as they come, with the index of their stream."""
+    if len(streams) == 1:
+        async for chunk in streams[0]:
+            yield 0, chunk
+        return
+    queue: asyncio.Queue[tuple[int, GenerationChunk | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, stream: GenerationStream) -> None:
+        try:
+            async for chunk in stream:
+                queue.put_nowait((i, chunk))
+            queue.put_nowait((i, None))
+        except Exception as exc:
+            queue.put_nowait((i, exc))
+
+    tasks = [asyncio.get_running_loop().create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            i, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+class OpenAIHttp:
+    """Route handlers of the OpenAI API."""
+
+    def __init__(self, gateway: Gateway, max_body_bytes: int) -> None:
+        self.gateway = gateway
+        self.max_body_bytes = max_body_bytes
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+        ]
+
+    def _begin(self, request: Request) -> CallContext:
+        return self.gateway.begin("openai", request.headers, status.http_code_label)
+
+    async def models(self, request: Request) -> Response:
+        ctx = self._begin(request)
+        created: dict[str, int] = {}  # one entry per model, however many versions it serves
+        for v in self.gateway.dataplane.llm_versions():
+            created[v.name] = min(created.get(v.name, v.created), v.created)
+        data = [
+            {"id": name, "object": "model", "created": when, "owned_by": "inferd"}
+            for name, when in sorted(created.items())
+        ]
+        return Response(
+            orjson.dumps({"object": "list", "data": data}),
+            media_type=JSON,
+            headers={"x-request-id": ctx.request_id},
+        )
+
+    async def completions(self, request: Request) -> Response:
+        return await self._handle(request, chat=False)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._handle(request, chat=True)
+
+    async def _handle(self, request: Request, *, chat: bool) -> Response:
+        ctx = self._begin(request)
+        start = time.perf_counter()
+        model = ""
+        streams: list[GenerationStream] = []
+        try:
+            doc = parse_body(await read_body(request, self.max_body_bytes))
+            parsed = parse_chat(doc) if chat else parse_completion(doc)
+            model = parsed.model
+            for prompt in (None,) if chat else parsed.prompts:
+                generate = GenerateRequest(
+                    model,
+                    parsed.sampling,
+                    prompt=prompt,
+                    messages=parsed.messages,
+                    add_generation_prompt=parsed.add_generation_prompt,
+                    request_id=ctx.request_id,
+                    skip_special_tokens=parsed.skip_special_tokens,
+                )
+                streams.append(await self.gateway.generate(ctx, generate))
+            if parsed.stream:
+                headers = {"x-request-id": ctx.request_id, "cache-control": "no-cache"}
+                events = self._events(ctx, parsed, streams, chat, start)
+                return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+            doc = await self._whole(ctx, parsed, streams, chat)
+        except Exception as exc:
+            for stream in streams:
+                await stream.aclose()
+            self.gateway.record(ctx, model, streams[0].version if streams else "", exc, start)
+            return openai_error(exc, ctx.request_id)
+        self.gateway.record(ctx, model, streams[0].version, None, start)
+        return Response(orjson.dumps(doc), media_type=JSON, headers={"x-request-id": ctx.request_id})
+
+    async def _whole(
+        self, ctx: CallContext, parsed: OpenAIRequest, streams: list[GenerationStream], chat: bool
+    ) -> dict[str, Any]:
+        n = parsed.sampling.n
+        results = await asyncio.gather(*(collect(s, n) for s in streams))
+        choices: list[dict[str, Any]] = []
+        for p, prompt_choices in enumerate(results):
+            for c in prompt_choices:
+                choice: dict[str, Any] = {"index": p * n + c.index, "finish_reason": c.finish_reason}
+                if chat:
+                    choice["message"] = {"role": "assistant", "content": c.text}
+                    choice["logprobs"] = _chat_logprobs(c.logprobs) if parsed.sampling.logprobs else None
+                else:
+                    choice["text"] = c.text
+                    choice["logprobs"] = (
+                        _completion_logprobs(c.logprobs, 0) if parsed.sampling.logprobs else None
+                    )
+                if c.stop_reason is not None:
+                    choice["stop_reason"] = c.stop_reason
+                choices.append(choice)
+        return {
+            "id": ("chatcmpl-" if chat else "cmpl-") + ctx.request_id,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": parsed.model,
+            "choices": choices,
+            "usage": _usage(streams),
+        }
+
+    async def _events(
+        self,
+        ctx: CallContext,
+        parsed: OpenAIRequest,
+        streams: list[GenerationStream],
+        chat: bool,
+        start: float,
+    ) -> AsyncIterator[bytes]:
+        n = parsed.sampling.n
+        base = {
+            "id": ("chatcmpl-" if chat else "cmpl-") + ctx.request_id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": parsed.model,
+        }
+        offsets: dict[int, int] = {}
+        error: BaseException | None = None
+        try:
+            if chat:
+                first = [
+                    {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                     "finish_reason": None}
+                    for i in range(n * len(streams))
+                ]  # fmt: skip
+                yield self._event({**base, "choices": first}, parsed)
+            async for p, chunk in _merged(streams):
+                index = p * n + chunk.index
+                choice: dict[str, Any] = {"index": index, "finish_reason": chunk.finish_reason}
+                logprobs = None
+                if chat:
+                    choice["delta"] = {"content": chunk.text} if chunk.text else {}
+                    if parsed.sampling.logprobs:
+                        logprobs = _chat_logprobs(chunk.logprobs)
+                else:
+                    choice["text"] = chunk.text
+                    if parsed.sampling.logprobs:
+                        logprobs = _completion_logprobs(chunk.logprobs, offsets.get(index, 0))
+                    offsets[index] = offsets.get(index, 0) + len(chunk.text)
+                choice["logprobs"] = logprobs
+                if chunk.stop_reason is not None:
+                    choice["stop_reason"] = chunk.stop_reason
+                yield self._event({**base, "choices": [choice]}, parsed)
+            if parsed.include_usage:
+                yield self._event({**base, "choices": [], "usage": _usage(streams)}, parsed)
+            yield b"data: [DONE]\n\n"
+        except asyncio.CancelledError as exc:  # the client went away
+            error = exc
+            raise
+        except Exception as exc:
+            error = exc
+            message = {"error": {"message": status.message(exc), "type": "server_error", "param": None,
+                                 "code": None}}  # fmt: skip
+            yield b"data: " + orjson.dumps(message) + b"\n\n"
+        finally:
+            for stream in streams:
+                await stream.aclose()
+            self.gateway.record(ctx, parsed.model, streams[0].version, error, start)
+
+    @staticmethod
+    def _event(doc: dict[str, Any], parsed: OpenAIRequest) -> bytes:
+        if parsed.include_usage and "usage" not in doc:
+            doc["usage"] = None
+        return b"data: " + orjson.dumps(doc) + b"\n\n"
