@@ -13,6 +13,7 @@ from inferd.generation import GenerateRequest, GenerationStream
 from inferd.repository.llm_version import LLMVersion
 from inferd.repository.manager import IndexEntry, ModelManager
 from inferd.repository.model_version import ModelVersion
+from inferd.runtimes.embedding import PLATFORM as EMBEDDING_PLATFORM
 from inferd.tensors import InferRequest, InferResponse
 
 SERVER_NAME = "inferd"
@@ -80,6 +81,10 @@ class DataPlane:
     def llm(self, name: str, version: str | None = None) -> LLMVersion:
         """The loaded LLM version (NotFound for an unknown model or a tensor model; NotReady)."""
         return self.manager.get_llm(name, version)
+
+    def embedding_versions(self) -> list[ModelVersion]:
+        """Every ready embedding-model version (listed by the OpenAI API beside the LLMs)."""
+        return [v for v in self.manager.ready_versions() if v.signature.platform == EMBEDDING_PLATFORM]
 
     def llm_versions(self) -> list[LLMVersion]:
         """Every ready LLM version (the OpenAI model list)."""

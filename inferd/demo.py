@@ -36,6 +36,14 @@ max_batch_size: 8
 """
 
 
+_LLM_CONFIG = """\
+# RANDOM WEIGHTS: a small Llama built locally so the OpenAI API can be tried; its text is meaningless.
+runtime: llm
+max_model_len: 1024
+max_num_seqs: 16
+"""
+
+
 def build_demo_repository(root: Path) -> Path:
     """Write the demo models under `root` (overwriting their files) and return `root`."""
     onnx_models.mlp(root / "mlp" / "1" / "model.onnx", [256, 512, 512, 10])
@@ -45,6 +53,13 @@ def build_demo_repository(root: Path) -> Path:
     onnx_models.add_sub(root / "add_sub" / "1" / "model.onnx")
     (root / "add_sub" / "config.yaml").write_text(_ADD_SUB_CONFIG)
     onnx_models.identity(root / "strings" / "1" / "model.onnx", TensorProto.STRING, ["batch", "len"])
+    # LLM and embedding models load torch: imported here so the ONNX demo needs none of it.
+    from inferd.demo_llm import build_random_llama
+    from inferd.embedding_models import add_minilm_to_repository
+
+    build_random_llama(root / "random-llama" / "1")
+    (root / "random-llama" / "config.yaml").write_text(_LLM_CONFIG)
+    add_minilm_to_repository(root)
     return root
 
 

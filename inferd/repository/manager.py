@@ -25,6 +25,7 @@ from inferd.repository.llm_version import LLMVersion
 from inferd.repository.model_config import CONFIG_FILE, ModelConfig, configured_runtime, load_model_config
 from inferd.repository.model_version import ModelVersion, warmup
 from inferd.runtimes.base import Runtime
+from inferd.runtimes.embedding import EmbeddingRuntime
 from inferd.runtimes.llm import LLMModelConfig, load_llm_version
 from inferd.runtimes.onnx import OnnxRuntime
 
@@ -79,7 +80,10 @@ class ModelManager:
         self.control_mode = control_mode
         self.poll_interval_s = poll_interval_s
         self._metrics = metrics
-        self._loaders: dict[str, RuntimeLoader] = loaders or {"onnx": OnnxRuntime.load}
+        self._loaders: dict[str, RuntimeLoader] = loaders or {
+            "onnx": OnnxRuntime.load,
+            "embedding": EmbeddingRuntime.load,
+        }
         self._models: dict[str, _Model] = {}
         self._poller: asyncio.Task[None] | None = None
 

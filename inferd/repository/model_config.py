@@ -96,8 +96,10 @@ class WarmupConfig:
 class ModelConfig:
     """The configuration of one model (all its versions)."""
 
-    runtime: Literal["onnx"] = "onnx"
-    """Which runtime serves the model."""
+    runtime: Literal["onnx", "embedding"] = "onnx"
+    """Which runtime serves the model: `onnx` (`<version>/model.onnx`) or `embedding` (a sentence-transformers
+    folder as `<version>/`: input `text` BYTES, outputs `embedding` FP32 and `num_tokens` INT64). LLMs use
+    `runtime: llm` with their own keys (inferd/runtimes/llm.py)."""
     max_batch_size: int | None = None
     """Largest batch in rows; 0 = the model has no batching dimension. Unset: derived from the graph."""
     dynamic_batching: DynamicBatchingConfig | None = None

@@ -48,6 +48,7 @@ class ModelVersion:
         self.runtime = runtime
         self.signature: ModelSignature = runtime.signature
         self.stats = VersionStats()
+        self.created = int(time.time())
         self._metrics = metrics
         self._labels = (name, version)
         db = config.dynamic_batching

@@ -33,7 +33,10 @@ from inferd.tensors import Array, TensorSpec
 
 INPUT = "text"
 OUTPUT = "embedding"
+TOKENS = "num_tokens"
+"""Second output: tokens each text was encoded to (after truncation), for usage accounting."""
 DEFAULT_MAX_BATCH_SIZE = 64
+PLATFORM = "inferd_embedding"
 _TRANSFORMER = "sentence_transformers.models.Transformer"
 _POOLING = "sentence_transformers.models.Pooling"
 _NORMALIZE = "sentence_transformers.models.Normalize"
@@ -153,9 +156,12 @@ class EmbeddingRuntime:
         self.dim = dim
         batched = max_batch_size > 0
         self._signature = ModelSignature(
-            platform="inferd_embedding",
+            platform=PLATFORM,
             inputs=(TensorSpec(INPUT, datatypes.BY_NAME["BYTES"], () if batched else (-1,)),),
-            outputs=(TensorSpec(OUTPUT, datatypes.BY_NAME["FP32"], (dim,) if batched else (-1, dim)),),
+            outputs=(
+                TensorSpec(OUTPUT, datatypes.BY_NAME["FP32"], (dim,) if batched else (-1, dim)),
+                TensorSpec(TOKENS, datatypes.BY_NAME["INT64"], (1,) if batched else (-1, 1)),
+            ),
             max_batch_size=max_batch_size,
             text_bytes=True,
         )
@@ -203,8 +209,12 @@ class EmbeddingRuntime:
 
     def embed(self, texts: Sequence[str]) -> Array:
         """FP32 embeddings [len(texts), dim]."""
+        return self.embed_with_counts(texts)[0]
+
+    def embed_with_counts(self, texts: Sequence[str]) -> tuple[Array, Array]:
+        """FP32 embeddings [len(texts), dim] and INT64 token counts [len(texts), 1]."""
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32), np.zeros((0, 1), dtype=np.int64)
         prepared = [t.strip() for t in texts]
         if self.pipeline.do_lower_case:
             prepared = [t.lower() for t in prepared]
@@ -218,13 +228,15 @@ class EmbeddingRuntime:
             if self.pipeline.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
         out: Array = pooled.to(torch.float32).cpu().numpy()
-        return out
+        counts: Array = mask.sum(dim=1, keepdim=True).cpu().numpy().astype(np.int64)
+        return out, counts
 
     def execute(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
         array = inputs[INPUT]
         texts = [_to_text(item, i) for i, item in enumerate(array.reshape(-1).tolist())]
-        embeddings = self.embed(texts)
-        return {name: embeddings for name in outputs if name == OUTPUT}
+        embeddings, counts = self.embed_with_counts(texts)
+        produced = {OUTPUT: embeddings, TOKENS: counts}
+        return {name: produced[name] for name in outputs}
 
     def unload(self) -> None:
         del self._encoder

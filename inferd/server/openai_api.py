@@ -1,4 +1,5 @@
-"""The OpenAI API on the HTTP port: `/v1/models`, `/v1/completions`, `/v1/chat/completions` (with SSE).
+"""The OpenAI API on the HTTP port: `/v1/models`, `/v1/completions`, `/v1/chat/completions` (with SSE),
+`/v1/embeddings`.
 
 Bodies are parsed by `openai_schema`; generation goes through the gateway; errors have OpenAI's shape
 `{"error": {"message", "type", "param", "code"}}`. A streaming client that disconnects has its requests
@@ -8,22 +9,37 @@ aborted (the stream's cancellation closes the engine streams). Every response ca
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from inferd import datatypes
 from inferd.errors import NotFound, ResourceExhausted
 from inferd.gateway.context import CallContext
 from inferd.gateway.stage import Gateway
 from inferd.generation import GenerateRequest, GenerationChunk, GenerationStream, TokenLogprob, collect
+from inferd.runtimes.embedding import INPUT as EMBEDDING_INPUT
+from inferd.runtimes.embedding import OUTPUT as EMBEDDING_OUTPUT
+from inferd.runtimes.embedding import PLATFORM as EMBEDDING_PLATFORM
+from inferd.runtimes.embedding import TOKENS as EMBEDDING_TOKENS
 from inferd.server import status
 from inferd.server.http_v2 import read_body
-from inferd.server.openai_schema import InvalidParam, OpenAIRequest, parse_body, parse_chat, parse_completion
+from inferd.server.openai_schema import (
+    InvalidParam,
+    OpenAIRequest,
+    parse_body,
+    parse_chat,
+    parse_completion,
+    parse_embeddings,
+)
+from inferd.tensors import Array, InferRequest, InferResponse, Tensor
 
 JSON = "application/json"
 _ERROR_TYPES = {
@@ -131,6 +147,7 @@ class OpenAIHttp:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
         ]
 
     def _begin(self, request: Request) -> CallContext:
@@ -141,6 +158,8 @@ class OpenAIHttp:
         created: dict[str, int] = {}  # one entry per model, however many versions it serves
         for v in self.gateway.dataplane.llm_versions():
             created[v.name] = min(created.get(v.name, v.created), v.created)
+        for e in self.gateway.dataplane.embedding_versions():
+            created.setdefault(e.name, e.created)
         data = [
             {"id": name, "object": "model", "created": when, "owned_by": "inferd"}
             for name, when in sorted(created.items())
@@ -150,6 +169,46 @@ class OpenAIHttp:
             media_type=JSON,
             headers={"x-request-id": ctx.request_id},
         )
+
+    async def embeddings(self, request: Request) -> Response:
+        """Texts through an embedding model's dynamic batcher, in chunks of its max_batch_size."""
+        ctx = self._begin(request)
+        start = time.perf_counter()
+        model = ""
+        try:
+            parsed = parse_embeddings(parse_body(await read_body(request, self.max_body_bytes)))
+            model = parsed.model
+            loaded = self.gateway.dataplane.model(model)
+            if loaded.signature.platform != EMBEDDING_PLATFORM:
+                raise InvalidParam("model", f"model {model!r} is not an embedding model")
+            chunk = max(loaded.signature.max_batch_size, 1)
+            pieces = [parsed.texts[i : i + chunk] for i in range(0, len(parsed.texts), chunk)]
+            responses = await asyncio.gather(
+                *(self.gateway.infer(ctx, _embedding_request(model, loaded.version, p)) for p in pieces)
+            )
+        except Exception as exc:
+            self.gateway.record(ctx, model, "", exc, start)
+            return openai_error(exc, ctx.request_id)
+        vectors = np.concatenate([_output(r, EMBEDDING_OUTPUT) for r in responses])
+        tokens = int(sum(int(_output(r, EMBEDDING_TOKENS).sum()) for r in responses))
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()
+                if parsed.encoding_format == "base64"
+                else v,
+            }
+            for i, v in enumerate(vectors)
+        ]
+        doc = {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+        return Response(body, media_type=JSON, headers={"x-request-id": ctx.request_id})
 
     async def completions(self, request: Request) -> Response:
         return await self._handle(request, chat=False)
@@ -282,3 +341,13 @@ class OpenAIHttp:
         if parsed.include_usage and "usage" not in doc:
             doc["usage"] = None
         return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+def _embedding_request(model: str, version: str, texts: Sequence[str]) -> InferRequest:
+    data = np.empty(len(texts), dtype=np.object_)
+    data[:] = [t.encode("utf-8") for t in texts]
+    return InferRequest(model, version, [Tensor(EMBEDDING_INPUT, datatypes.BY_NAME["BYTES"], data)])
+
+
+def _output(response: InferResponse, name: str) -> Array:
+    return next(t.data for t in response.outputs if t.name == name)

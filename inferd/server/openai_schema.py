@@ -235,3 +235,40 @@ def parse_chat(doc: Mapping[str, Any]) -> OpenAIRequest:
         add_generation_prompt=fields.boolean("add_generation_prompt", True),
         skip_special_tokens=fields.boolean("skip_special_tokens", True),
     )
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    """A `/v1/embeddings` request, parsed."""
+
+    model: str
+    texts: tuple[str, ...]
+    encoding_format: str = "float"
+    """`float` (a list of numbers) or `base64` (little-endian float32 bytes)."""
+
+
+MAX_EMBEDDING_INPUTS = 2048
+
+
+def parse_embeddings(doc: Mapping[str, Any]) -> EmbeddingsRequest:
+    fields = _Fields(doc)
+    model = fields.string("model")
+    if not model:
+        raise InvalidParam("model", "model is required")
+    value = doc.get("input")
+    if isinstance(value, str):
+        texts: tuple[str, ...] = (value,)
+    elif isinstance(value, list) and value and all(isinstance(t, str) for t in value):
+        texts = tuple(value)
+    elif isinstance(value, list) and value and all(isinstance(t, (int, list)) for t in value):
+        raise InvalidParam("input", "token-id inputs are not supported by embedding models; send text")
+    else:
+        raise InvalidParam("input", "expected a non-empty string or list of strings")
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise InvalidParam("input", f"at most {MAX_EMBEDDING_INPUTS} inputs per request, got {len(texts)}")
+    encoding = fields.string("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise InvalidParam("encoding_format", f"expected 'float' or 'base64', got {encoding!r}")
+    if doc.get("dimensions") is not None:
+        raise InvalidParam("dimensions", "this model's embeddings have a fixed size; omit dimensions")
+    return EmbeddingsRequest(model, texts, str(encoding))

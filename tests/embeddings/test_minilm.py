@@ -88,10 +88,16 @@ def test_execute_signature(runtime: EmbeddingRuntime) -> None:
     sig = runtime.signature
     assert sig.max_batch_size == 64
     assert [(s.name, s.datatype.name, s.dims) for s in sig.inputs] == [("text", "BYTES", ())]
-    assert [(s.name, s.datatype.name, s.dims) for s in sig.outputs] == [("embedding", "FP32", (384,))]
+    assert [(s.name, s.datatype.name, s.dims) for s in sig.outputs] == [
+        ("embedding", "FP32", (384,)),
+        ("num_tokens", "INT64", (1,)),
+    ]
     texts = np.array([t.encode() for t in TEXTS[:3]], dtype=np.object_)
     out = runtime.execute({"text": texts}, ["embedding"])
     np.testing.assert_allclose(out["embedding"], runtime.embed(TEXTS[:3]), atol=1e-6)
+    assert set(out) == {"embedding"}, "only the requested outputs"
+    counts = runtime.execute({"text": texts}, ["num_tokens"])["num_tokens"]
+    assert counts.shape == (3, 1) and (counts >= 2).all()  # [CLS] and [SEP] at least
 
 
 async def test_v2_infer_through_the_dynamic_batcher(folder: Path, oracle: np.ndarray) -> None:
