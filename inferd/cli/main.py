@@ -76,11 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     from inferd.loadgen.v2 import add_v2_arguments, main_v2
 
     add_v2_arguments(v2)
+    openai = bench_sub.add_parser(
+        "openai", help="load an OpenAI-compatible LLM endpoint (streaming completions)"
+    )
+    from inferd.loadgen.openai import add_openai_arguments, main_openai
+
+    add_openai_arguments(openai)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
     if args.command == "bench" and args.bench_command == "v2":
         return main_v2(args)
+    if args.command == "bench" and args.bench_command == "openai":
+        return main_openai(args)
     parser.print_help()
     return 2
 
