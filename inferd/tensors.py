@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inferd.datatypes import DataType
+from inferd.errors import InvalidInput
 
 Array = npt.NDArray[Any]
 
@@ -95,3 +96,13 @@ def empty_like_spec(spec: TensorSpec, rows: int) -> Array:
         arr.fill(b"")
         return arr
     return np.zeros((rows, *dims), dtype=spec.datatype.numpy)
+
+
+def uint_parameter(params: dict[str, Any], key: str) -> int | None:
+    """A V2 request parameter that must be a non-negative integer (`timeout`, `priority`), or None."""
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(f"parameter {key!r} must be a non-negative integer")
+    return value

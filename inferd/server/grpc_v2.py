@@ -20,7 +20,7 @@ from inferd.errors import InvalidInput
 from inferd.gateway.context import CallContext
 from inferd.gateway.stage import Gateway
 from inferd.server import model_views, status
-from inferd.tensors import Array, InferRequest, InferResponse, OutputRequest, Tensor
+from inferd.tensors import Array, InferRequest, InferResponse, OutputRequest, Tensor, uint_parameter
 
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -54,15 +54,6 @@ def _param(p: Any) -> Any:
     return getattr(p, which) if which else None
 
 
-def _uint_param(params: dict[str, Any], key: str) -> int | None:
-    value = params.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(f"parameter {key!r} must be a non-negative integer")
-    return value
-
-
 def decode_request(msg: Any) -> InferRequest:
     """A ModelInferRequest as an InferRequest (typed `contents` or `raw_input_contents`)."""
     params = {k: _param(v) for k, v in msg.parameters.items()}
@@ -90,8 +81,8 @@ def decode_request(msg: Any) -> InferRequest:
         inputs=inputs,
         outputs=outputs,
         id=msg.id,
-        timeout_us=_uint_param(params, "timeout"),
-        priority=_uint_param(params, "priority") or 0,
+        timeout_us=uint_parameter(params, "timeout"),
+        priority=uint_parameter(params, "priority") or 0,
         parameters=params,
     )
 

@@ -14,7 +14,7 @@ import orjson
 
 from inferd import datatypes
 from inferd.errors import InvalidInput
-from inferd.tensors import Array, InferRequest, InferResponse, OutputRequest, Tensor
+from inferd.tensors import Array, InferRequest, InferResponse, OutputRequest, Tensor, uint_parameter
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -137,8 +137,8 @@ def decode_request(body: bytes, header_length: str | None, model: str, version: 
         inputs=inputs,
         outputs=_outputs(doc.get("outputs"), params),
         id=_id(doc.get("id")),
-        timeout_us=_uint_param(params, "timeout"),
-        priority=_uint_param(params, "priority") or 0,
+        timeout_us=uint_parameter(params, "timeout"),
+        priority=uint_parameter(params, "priority") or 0,
         parameters=params,
     )
 
@@ -148,15 +148,6 @@ def _id(value: Any) -> str:
         return ""
     if not isinstance(value, str):
         raise InvalidInput("'id' must be a string")
-    return value
-
-
-def _uint_param(params: dict[str, Any], key: str) -> int | None:
-    value = params.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(f"parameter {key!r} must be a non-negative integer")
     return value
 
 
