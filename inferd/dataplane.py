@@ -13,7 +13,7 @@ from inferd.generation import GenerateRequest, GenerationStream
 from inferd.repository.llm_version import LLMVersion
 from inferd.repository.manager import IndexEntry, ModelManager
 from inferd.repository.model_version import ModelVersion
-from inferd.runtimes.embedding import PLATFORM as EMBEDDING_PLATFORM
+from inferd.runtimes.embedding_io import PLATFORM as EMBEDDING_PLATFORM
 from inferd.tensors import InferRequest, InferResponse
 
 SERVER_NAME = "inferd"

@@ -66,3 +66,11 @@ def test_listening_socket_is_tcp_so_responses_are_not_delayed() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_tensor_server_does_not_import_torch() -> None:
+    # torch's ~200k objects make every full garbage collection stall all requests; it loads only with an
+    # LLM or embedding model.
+    code = "import sys, inferd.server.app, inferd.cli.main; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr

@@ -94,24 +94,7 @@ class DynamicBatcher(Generic[P, R]):
     async def _dispatch_loop(self) -> None:
         while True:
             self._wakeup.clear()
-            now = self._clock()
-            for item in self._queue.pop_expired(now):
-                _, fut = item.payload
-                if not fut.done():
-                    fut.set_exception(
-                        DeadlineExceeded("request timeout expired while queued, before execution")
-                    )
-            while self._busy < self._slots:
-                batch = self._queue.next_batch(now)
-                if batch is None:
-                    break
-                live = [it for it in batch if not it.payload[1].done()]
-                if not live:
-                    continue
-                self._busy += 1
-                task = asyncio.get_running_loop().create_task(self._execute(live))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            self._dispatch()
             timeout = None
             wake = self._queue.wake_at(slot_free=self._busy < self._slots)
             if wake is not None:
@@ -119,38 +102,57 @@ class DynamicBatcher(Generic[P, R]):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
+    def _dispatch(self) -> None:
+        """Fail expired requests and start every batch that is ready while slots are free."""
+        now = self._clock()
+        for item in self._queue.pop_expired(now):
+            _, fut = item.payload
+            if not fut.done():
+                fut.set_exception(DeadlineExceeded("request timeout expired while queued, before execution"))
+        while self._busy < self._slots:
+            batch = self._queue.next_batch(now)
+            if batch is None:
+                break
+            live = [it for it in batch if not it.payload[1].done()]
+            if not live:
+                continue
+            self._busy += 1
+            self._executing += len(live)
+            task = asyncio.get_running_loop().create_task(self._execute(live))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def _execute(self, batch: list[QueuedItem[tuple[P, asyncio.Future[R]]]]) -> None:
-        rows = sum(it.rows for it in batch)
-        self._executing += len(batch)
         started = self._clock()
+        outcome: Sequence[R] | BaseException
         try:
             if self._on_batch is not None:
-                self._on_batch(len(batch), rows)
-            try:
-                results = await self._run_batch([it.payload[0] for it in batch])
-                if len(results) != len(batch):
-                    raise ExecutionFailed(
-                        f"runtime returned {len(results)} results for {len(batch)} requests"
-                    )
-            except InferdError as exc:
-                for it in batch:
-                    if not it.payload[1].done():
-                        it.payload[1].set_exception(exc)
-                return
-            except Exception as exc:  # the runtime's own failure: fail this batch only
-                err = ExecutionFailed(f"{type(exc).__name__}: {exc}")
-                for it in batch:
-                    if not it.payload[1].done():
-                        it.payload[1].set_exception(err)
-                return
-            for it, result in zip(batch, results, strict=True):
-                if not it.payload[1].done():
-                    it.payload[1].set_result(result)
+                self._on_batch(len(batch), sum(it.rows for it in batch))
+            outcome = await self._run_batch([it.payload[0] for it in batch])
+            if len(outcome) != len(batch):
+                outcome = ExecutionFailed(
+                    f"runtime returned {len(outcome)} results for {len(batch)} requests"
+                )
+        except InferdError as exc:
+            outcome = exc
+        except Exception as exc:  # the runtime's own failure: fail this batch only
+            outcome = ExecutionFailed(f"{type(exc).__name__}: {exc}")
         finally:
             self._drain_rate.record(len(batch), self._clock() - started)
             self._executing -= len(batch)
             self._busy -= 1
-            self._wakeup.set()
+        # Start the next batch before this one's responses are processed: the runtime must not idle while
+        # the event loop encodes and writes them.
+        self._dispatch()
+        self._wakeup.set()
+        for i, it in enumerate(batch):
+            fut = it.payload[1]
+            if fut.done():
+                continue
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome[i])
 
 
 class _DrainRate:

@@ -25,7 +25,6 @@ from inferd.repository.llm_version import LLMVersion
 from inferd.repository.model_config import CONFIG_FILE, ModelConfig, configured_runtime, load_model_config
 from inferd.repository.model_version import ModelVersion, warmup
 from inferd.runtimes.base import Runtime
-from inferd.runtimes.embedding import EmbeddingRuntime
 from inferd.runtimes.llm import LLMModelConfig, load_llm_version
 from inferd.runtimes.onnx import OnnxRuntime
 
@@ -82,7 +81,7 @@ class ModelManager:
         self._metrics = metrics
         self._loaders: dict[str, RuntimeLoader] = loaders or {
             "onnx": OnnxRuntime.load,
-            "embedding": EmbeddingRuntime.load,
+            "embedding": _load_embedding,
         }
         self._models: dict[str, _Model] = {}
         self._poller: asyncio.Task[None] | None = None
@@ -290,3 +289,11 @@ class ModelManager:
             if model is None or model.fingerprint != model_dir.fingerprint():
                 with contextlib.suppress(InferdError):
                     await self.load(name)
+
+
+def _load_embedding(version_dir: Path, config: ModelConfig) -> Runtime:
+    # torch is imported only when an embedding model is loaded: a tensor-only server stays light (and its
+    # garbage collections short).
+    from inferd.runtimes.embedding import EmbeddingRuntime
+
+    return EmbeddingRuntime.load(version_dir, config)

@@ -29,14 +29,10 @@ from inferd.engine.model.bert import BertEncoder, load_bert
 from inferd.errors import InvalidInput, ModelLoadError
 from inferd.repository.model_config import ModelConfig
 from inferd.runtimes.base import ModelSignature
+from inferd.runtimes.embedding_io import INPUT, OUTPUT, PLATFORM, TOKENS
 from inferd.tensors import Array, TensorSpec
 
-INPUT = "text"
-OUTPUT = "embedding"
-TOKENS = "num_tokens"
-"""Second output: tokens each text was encoded to (after truncation), for usage accounting."""
 DEFAULT_MAX_BATCH_SIZE = 64
-PLATFORM = "inferd_embedding"
 _TRANSFORMER = "sentence_transformers.models.Transformer"
 _POOLING = "sentence_transformers.models.Pooling"
 _NORMALIZE = "sentence_transformers.models.Normalize"

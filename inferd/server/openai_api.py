@@ -25,10 +25,10 @@ from inferd.errors import NotFound, ResourceExhausted
 from inferd.gateway.context import CallContext
 from inferd.gateway.stage import Gateway
 from inferd.generation import GenerateRequest, GenerationChunk, GenerationStream, TokenLogprob, collect
-from inferd.runtimes.embedding import INPUT as EMBEDDING_INPUT
-from inferd.runtimes.embedding import OUTPUT as EMBEDDING_OUTPUT
-from inferd.runtimes.embedding import PLATFORM as EMBEDDING_PLATFORM
-from inferd.runtimes.embedding import TOKENS as EMBEDDING_TOKENS
+from inferd.runtimes.embedding_io import INPUT as EMBEDDING_INPUT
+from inferd.runtimes.embedding_io import OUTPUT as EMBEDDING_OUTPUT
+from inferd.runtimes.embedding_io import PLATFORM as EMBEDDING_PLATFORM
+from inferd.runtimes.embedding_io import TOKENS as EMBEDDING_TOKENS
 from inferd.server import status
 from inferd.server.http_v2 import read_body
 from inferd.server.openai_schema import (

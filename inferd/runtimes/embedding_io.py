@@ -1,0 +1,10 @@
+"""The tensor interface of embedding models, importable without torch (transports and dataplane use it)."""
+
+PLATFORM = "inferd_embedding"
+"""`ModelSignature.platform` of embedding models."""
+INPUT = "text"
+"""Input: BYTES, one UTF-8 text per row."""
+OUTPUT = "embedding"
+"""Output: FP32 [rows, dim]."""
+TOKENS = "num_tokens"
+"""Output: INT64 [rows, 1], tokens each text was encoded to (after truncation), for usage accounting."""
