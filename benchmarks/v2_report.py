@@ -44,6 +44,11 @@ class Outcome:
             return math.nan
         return float(self.result["cpu_cores"][who])
 
+    def batch(self, key: str) -> float:
+        """inferd's own batch statistics over the point (from its /metrics), NaN for other servers."""
+        batches = self.result.get("server_batches") if self.result else None
+        return float(batches[key]) if batches else math.nan
+
     def latency(self, key: str) -> float:
         if not self.result or self.result["latency_ms"][key] is None:
             return math.nan
@@ -190,21 +195,23 @@ def render_report(
         "### Served",
         "",
         "| model | server | protocol | batching | c | req/s | p50 ms | p90 ms | p99 ms | errors "
-        "| CPU server / client / other |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|",
+        "| rows/batch | compute ms/batch | CPU server / client / other |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for o in sorted(outcomes, key=lambda o: (o.model, o.server != "inferd", o.protocol, not o.batching)):
         out.append(
             f"| {o.model} | {o.server} | {o.protocol} | {'on' if o.batching else 'off'} | {o.concurrency} "
             f"| {_f(o.rps)} | {_f(o.latency('p50_ms'), 2)} | {_f(o.latency('p90_ms'), 2)} "
             f"| {_f(o.latency('p99_ms'), 2)} | {_errors(o)} "
+            f"| {_f(o.batch('rows_per_batch'))} | {_f(o.batch('compute_ms_per_batch'), 2)} "
             f"| {' / '.join(_f(o.cores(w), 2) for w in ('server', 'client', 'other'))} |"
         )
     disturbed = [o for o in outcomes if o.cores("other") > DISTURBED_CORES]
     out += [
         "",
-        "CPU columns: average cores used during the point by the server (its whole process group), the load "
-        "generator, and everything else on the machine. "
+        "rows/batch, compute ms/batch: inferd's batch histograms (its /metrics) over the point, warm-up "
+        "included. CPU columns: average cores used during the point by the server (its whole process group), "
+        "the load generator, and everything else on the machine. "
         + (
             f"{len(disturbed)} of {len(outcomes)} points ran while other work used more than "
             f"{DISTURBED_CORES} cores: their numbers are low."

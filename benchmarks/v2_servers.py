@@ -136,6 +136,48 @@ def _group_cpu_s(pgid: int) -> float:
     return ticks / _TICK
 
 
+_BATCH_METRIC = re.compile(
+    r"^(inferd_(?:batch_size|compute_duration_seconds|queue_duration_seconds)_(?:sum|count))"
+    r"\{([^}]*)\}\s+(\S+)$",
+    re.MULTILINE,
+)
+
+
+def batch_counters(http_url: str, model: str) -> dict[str, float]:
+    """inferd's batch histograms (`inferd_batch_size`, `inferd_compute_duration_seconds`,
+    `inferd_queue_duration_seconds`: sums and counts) for `model`; empty when /metrics is unavailable."""
+    try:
+        with urllib.request.urlopen(f"{http_url}/metrics", timeout=5) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError):
+        return {}
+    out: dict[str, float] = {}
+    for name, labels, value in _BATCH_METRIC.findall(text):
+        if f'model="{model}"' in labels.split(","):
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def batch_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
+    """Mean rows per batch, compute ms per batch and queue ms per request between two scrapes."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    batches = delta("inferd_batch_size_count")
+    requests = delta("inferd_queue_duration_seconds_count")
+    if batches <= 0:
+        return None
+    return {
+        "batches": batches,
+        "rows_per_batch": delta("inferd_batch_size_sum") / batches,
+        "compute_ms_per_batch": delta("inferd_compute_duration_seconds_sum") / batches * 1e3,
+        "queue_ms_per_request": delta("inferd_queue_duration_seconds_sum") / requests * 1e3
+        if requests
+        else math.nan,
+    }
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

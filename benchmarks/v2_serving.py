@@ -35,6 +35,8 @@ from v2_servers import (
     WORK,
     Running,
     ServedModel,
+    batch_counters,
+    batch_summary,
     cpu_cores,
     cpu_snapshot,
     machine_busy_s,
@@ -177,10 +179,14 @@ def measure(
 
 
 def _measure_point(opts: V2BenchOptions, server: Running, tag: str, outcome: Outcome) -> Outcome:
+    inferd = outcome.server == "inferd"
     try:
+        counters = batch_counters(server.http_url, opts.model) if inferd else {}
         before = cpu_snapshot(server)
         result = run_v2_sync(opts).to_dict()
         result["cpu_cores"] = cores = cpu_cores(before, cpu_snapshot(server))
+        if inferd:
+            result["server_batches"] = batch_summary(counters, batch_counters(server.http_url, opts.model))
         outcome.result = result
         print(
             f"{tag} {result['throughput_rps']:9.1f} req/s  p50 {result['latency_ms']['p50_ms']:7.2f} ms"
