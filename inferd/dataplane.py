@@ -39,7 +39,6 @@ class DataPlane:
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
         self._ready = False
-        self._draining = False
 
     def set_ready(self, ready: bool) -> None:
         self._ready = ready

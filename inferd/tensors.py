@@ -81,13 +81,6 @@ class InferResponse:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def batch_rows(request: InferRequest, max_batch_size: int) -> int:
-    """Rows a request contributes to a batch: its first dimension when the model batches, else 1."""
-    if max_batch_size == 0 or not request.inputs:
-        return 1
-    return int(request.inputs[0].data.shape[0])
-
-
 def empty_like_spec(spec: TensorSpec, rows: int) -> Array:
     """A zero tensor for `spec` with `rows` batch rows (variable dims become 1); used for warm-up."""
     dims = tuple(1 if d < 0 else d for d in spec.dims)

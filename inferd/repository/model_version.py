@@ -74,9 +74,6 @@ class ModelVersion:
     def in_flight(self) -> int:
         return self._batcher.in_flight
 
-    def validate(self, request: InferRequest) -> int:
-        return validate(request, self.signature)
-
     async def infer(self, request: InferRequest) -> InferResponse:
         """Validate, queue, run in a batch and return this request's outputs."""
         rows = validate(request, self.signature)
