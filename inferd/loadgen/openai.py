@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from inferd.loadgen.shape import check_load_shape
 from inferd.loadgen.stats import LatencySummary, summarize
 from inferd.loadgen.v2 import run_sync
 
@@ -75,12 +76,7 @@ class OpenAIBenchOptions:
     """Print a progress line on stderr."""
 
     def __post_init__(self) -> None:
-        if self.concurrency is not None and self.rate is not None:
-            raise ValueError("give either concurrency (closed loop) or rate (open loop), not both")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        if self.rate is not None and not self.rate > 0:
-            raise ValueError("rate must be > 0")
+        check_load_shape(self.concurrency, self.rate)
         if self.input_len < 1 or self.output_len < 1 or self.num_requests < 1:
             raise ValueError("input_len, output_len and num_requests must be >= 1")
         if not 0 <= self.shared_prefix_len <= self.input_len:

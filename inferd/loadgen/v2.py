@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from inferd.loadgen.progress import Progress
+from inferd.loadgen.shape import check_load_shape
 from inferd.loadgen.stats import Recorder, RunStats
 from inferd.loadgen.v2_inputs import rows_per_request
 from inferd.loadgen.v2_transport import BenchError, Failure, GrpcSender, RestSender, Sender
@@ -73,12 +74,7 @@ class V2BenchOptions:
     """Draw a progress bar on stderr."""
 
     def __post_init__(self) -> None:
-        if self.concurrency is not None and self.rate is not None:
-            raise ValueError("give either concurrency (closed loop) or rate (open loop), not both")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        if self.rate is not None and not self.rate > 0:
-            raise ValueError("rate must be > 0")
+        check_load_shape(self.concurrency, self.rate)
         if self.duration_s <= 0 or self.warmup_s < 0 or self.timeout_s <= 0:
             raise ValueError("duration and timeout must be > 0, warmup >= 0")
         if self.batch_size < 1 or self.max_connections < 1:
