@@ -235,7 +235,7 @@ def write_inferd_repository(repo: Path, models: list[ServedModel], threads: int)
 def start_inferd(repo: Path, state_dir: Path, log_path: Path) -> Running:
     """`inferd serve` on free ports; returns once it printed its listening line and reports ready."""
     exe = Path(sys.executable).parent / "inferd"
-    cmd = [str(exe), "serve", "--model-repository", str(repo), "--http-port", "0", "--grpc-port", "0"]
+    cmd = [str(exe), "serve", "--model-repository", str(repo), "--http-port", "0", "--grpc-port", "0", "--no-auth"]
     cmd += ["--state-dir", str(state_dir), "--log-level", "warning"]
     proc, log = _popen("inferd", cmd, ROOT, log_path)
     deadline = time.monotonic() + START_TIMEOUT_S

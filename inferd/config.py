@@ -33,6 +33,9 @@ class ServerConfig:
     """Seconds between repository scans in `poll` mode."""
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     """Largest request body accepted; larger ones get 413."""
+    auth: bool = True
+    """API keys, limits, budgets and the usage ledger; false (`--no-auth`) serves everyone as an anonymous
+    admin, for local work only."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log verbosity."""
 

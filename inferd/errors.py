@@ -6,10 +6,14 @@ Core code raises these; each transport maps them to its protocol's status in one
     InferdError
     ├── InvalidInput            the request is malformed or does not match the model
     ├── NotFound                unknown model or version (also: a model the caller may not see)
+    ├── Unauthenticated         no API key, or one that is unknown, expired or disabled
+    ├── PermissionDenied        a valid key without the role the operation needs
     ├── NotReady                the model or server exists but cannot serve now
     ├── PayloadTooLarge         the body is over the configured limit
     ├── ResourceExhausted       refused for capacity; retry later (`retry_after_s`)
-    │   └── QueueFull           the model version's queue is at `max_queue_size`
+    │   ├── QueueFull           the model version's queue is at `max_queue_size`
+    │   └── RateLimited         a key's or tenant's rate or concurrency limit (`limits` for headers)
+    ├── QuotaExceeded           a budget or workflow cap is spent; not retryable within its period
     ├── DeadlineExceeded        the request's timeout expired before its work ran
     ├── ExecutionFailed         the runtime raised while running the request's batch
     ├── ModelLoadError          a model failed to load (reason in the message)
@@ -17,6 +21,8 @@ Core code raises these; each transport maps them to its protocol's status in one
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class InferdError(Exception):
@@ -33,6 +39,14 @@ class InvalidInput(InferdError):
 
 class NotFound(InferdError):
     """Unknown model or version."""
+
+
+class Unauthenticated(InferdError):
+    """No API key, or an unknown, expired or disabled one."""
+
+
+class PermissionDenied(InferdError):
+    """The key is valid but lacks the role the operation needs."""
 
 
 class NotReady(InferdError):
@@ -53,6 +67,36 @@ class ResourceExhausted(InferdError):
 
 class QueueFull(ResourceExhausted):
     """The model version's request queue is full."""
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """One rate limit's state for the `x-ratelimit-*` headers."""
+
+    limit: int
+    remaining: int
+    reset_s: float
+    """Seconds until the limit is fully replenished."""
+
+
+class RateLimited(ResourceExhausted):
+    """A rate or concurrency limit refused the request; `limits` maps `requests` / `tokens` to their
+    state, `code` names the limit (e.g. `tenant_requests_per_minute`)."""
+
+    def __init__(
+        self, message: str, code: str, retry_after_s: float, limits: dict[str, LimitState] | None = None
+    ) -> None:
+        super().__init__(message, retry_after_s)
+        self.code = code
+        self.limits = limits or {}
+
+
+class QuotaExceeded(InferdError):
+    """A budget or workflow cap is spent for its period; `code` names it. Not retryable."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class DeadlineExceeded(InferdError):

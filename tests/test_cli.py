@@ -25,6 +25,13 @@ def test_serve_demo_repository_on_free_ports(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         assert proc.stdout is not None
+        # Auth is on by default: the first start creates the admin key, prints it once and keeps it in the
+        # state dir, readable by its owner only.
+        assert proc.stdout.readline().startswith("inferd: created the admin API key")
+        printed_key = proc.stdout.readline().strip()
+        key_file = tmp_path / "state" / "admin.key"
+        assert key_file.read_text().strip() == printed_key
+        assert key_file.stat().st_mode & 0o777 == 0o600
         line = proc.stdout.readline()
         assert line.startswith("inferd: listening http="), line
         ports = dict(part.split("=") for part in line.split()[2:])
@@ -32,7 +39,9 @@ def test_serve_demo_repository_on_free_ports(tmp_path: Path) -> None:
         assert int(ports["grpc"]) > 0
         assert httpx.get(f"{base}/v2/health/ready").json() == {"ready": True}
         doc = {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [0.5] * 256}]}
-        out = httpx.post(f"{base}/v2/models/mlp/infer", json=doc)
+        assert httpx.post(f"{base}/v2/models/mlp/infer", json=doc).status_code == 401
+        auth = {"Authorization": f"Bearer {printed_key}"}
+        out = httpx.post(f"{base}/v2/models/mlp/infer", json=doc, headers=auth)
         assert out.status_code == 200 and out.json()["outputs"][0]["shape"] == [1, 10]
         assert out.headers["x-request-id"]
         assert "inferd_requests_total" in httpx.get(f"{base}/metrics").text
@@ -40,6 +49,7 @@ def test_serve_demo_repository_on_free_ports(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+    assert printed_key not in err  # keys never reach the log
     for model in ("mlp", "heavy", "add_sub", "strings"):
         assert f"model {model} version 1 loaded (sha256 " in err
 

@@ -25,6 +25,12 @@ def _serve_args(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--config", type=Path, help="inferd.yaml")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=None,
+        help="no API keys, limits, budgets or usage ledger (local work only)",
+    )
 
 
 def build_config(args: argparse.Namespace) -> ServerConfig:
@@ -38,6 +44,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         "model_control": args.model_control,
         "load_models": args.load_model,
         "log_level": args.log_level,
+        "auth": False if args.no_auth else None,
     }
     for key, value in overrides.items():
         if value is not None:

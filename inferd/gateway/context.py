@@ -1,4 +1,5 @@
-"""What the gateway knows about a call: protocol, request id, headers, and (later) the principal."""
+"""What the gateway knows about a call: protocol, request id, headers, the principal, and what it learned
+while admitting and settling the call (rate-limit state, cost) for the response headers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+
+from inferd.errors import LimitState, Unauthenticated
 
 Protocol = Literal["http", "grpc", "openai"]
 
@@ -15,11 +18,16 @@ StatusOf = Callable[[BaseException | None], str]
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling. Anonymous until authentication arrives."""
+    """Who is calling: the key's tenant, id, roles and model patterns (anonymous with `--no-auth`)."""
 
     tenant: str = "anonymous"
     key_id: str = ""
     roles: frozenset[str] = frozenset({"admin", "user"})
+    models: tuple[str, ...] = ("*",)
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
 
 
 ANONYMOUS = Principal()
@@ -34,6 +42,16 @@ class CallContext:
     status_of: StatusOf
     headers: Mapping[str, str] = field(default_factory=dict)
     principal: Principal = ANONYMOUS
+    auth_error: Unauthenticated | None = None
+    """Why authentication failed; raised by the first gateway operation of the call."""
+    limits: dict[str, LimitState] = field(default_factory=dict)
+    """Rate-limit state after admission (`requests`, `tokens`), for `x-ratelimit-*` headers."""
+    cost_micros: int | None = None
+    """The settled cost, once known (the `x-inferd-cost` header)."""
+
+    @property
+    def workflow_header(self) -> str:
+        return self.headers.get("x-inferd-workflow", "")
 
 
 def new_request_id(given: str | None = None) -> str:

@@ -1,47 +1,70 @@
 """The one gateway stage every request passes through.
 
-It assigns request ids, authenticates (the seam: `Authenticator`; a later issue adds keys, tenants, limits
-and budgets), and records the per-request metrics. Transports call the gateway, never the dataplane.
+It assigns request ids, authenticates (API keys, through `Governance`; or nobody with `--no-auth`), hides
+the models a key may not use (the same 404 as a model that does not exist), admits requests against rate
+limits and budgets before any work starts, settles their usage (ledger row durable before the response),
+and records the per-request metrics. Transports call the gateway, never the dataplane.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
-from collections.abc import Mapping
-from typing import Protocol as TypingProtocol
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from inferd.dataplane import DataPlane
-from inferd.errors import NotFound
-from inferd.gateway.context import ANONYMOUS, CallContext, Principal, Protocol, StatusOf, new_request_id
-from inferd.generation import GenerateRequest, GenerationStream
+from inferd.errors import NotFound, PermissionDenied, Unauthenticated
+from inferd.gateway.access import allowed
+from inferd.gateway.context import CallContext, Protocol, StatusOf, new_request_id
+from inferd.gateway.governance import Consumed, Demand, Governance, Lease
+from inferd.generation import GenerateRequest, GenerationChunk, GenerationStream, Usage
 from inferd.metrics.registry import Metrics
+from inferd.repository.llm_version import LLMVersion
+from inferd.repository.manager import IndexEntry
+from inferd.repository.model_version import ModelVersion
+from inferd.store.records import AuditEntry
 from inferd.tensors import InferRequest, InferResponse
 
 UNKNOWN_MODEL = "_unknown"
+PAYLOAD_CHARS = 65536
+"""Most characters of prompt or output kept per inference by `full` payload logging."""
 
 
-class Authenticator(TypingProtocol):
-    """Turns request headers into a principal, or raises (a later issue: API keys)."""
+@dataclass
+class GenerationCall:
+    """The streams of one generation call (several prompts, `n` choices each) and its lease."""
 
-    def authenticate(self, headers: Mapping[str, str]) -> Principal: ...
+    streams: list[GenerationStream]
+    lease: Lease | None
+    payload: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[tuple[int, int], list[str]] | None = None
+    """Output text per (prompt, choice) when the tenant logs full payloads."""
 
+    @property
+    def version(self) -> str:
+        return self.streams[0].version if self.streams else ""
 
-class AllowAll:
-    """No authentication: every caller is the anonymous principal."""
-
-    def authenticate(self, headers: Mapping[str, str]) -> Principal:
-        return ANONYMOUS
+    def consumed(self) -> Consumed:
+        return Consumed(
+            sum(s.usage.prompt_tokens for s in self.streams),
+            sum(s.usage.completion_tokens for s in self.streams),
+            sum(s.usage.cached_tokens for s in self.streams),
+        )
 
 
 class Gateway:
     """Policy in front of the dataplane."""
 
-    def __init__(
-        self, dataplane: DataPlane, metrics: Metrics, authenticator: Authenticator | None = None
-    ) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics, governance: Governance | None = None) -> None:
+        """`governance` None: no authentication, limits or ledger (`--no-auth`)."""
         self.dataplane = dataplane
         self.metrics = metrics
-        self._auth = authenticator or AllowAll()
+        self.governance = governance
+
+    # -- identity and access -------------------------------------------------------------------------
 
     def begin(
         self,
@@ -50,31 +73,224 @@ class Gateway:
         status_of: StatusOf,
         request_id: str | None = None,
     ) -> CallContext:
-        """Open a call: request id and principal."""
+        """Open a call: request id and principal. A failed authentication is kept in the context and raised
+        by the first gateway operation (so the transport answers it in its own shape, with the id)."""
         ctx = CallContext(
             protocol, new_request_id(request_id or headers.get("x-request-id")), status_of, headers
         )
-        ctx.principal = self._auth.authenticate(headers)
+        if self.governance is not None:
+            try:
+                ctx.principal = self.governance.authenticate(headers, protocol, ctx.request_id)
+            except Unauthenticated as exc:
+                ctx.auth_error = exc
         return ctx
 
-    async def infer(self, ctx: CallContext, request: InferRequest) -> InferResponse:
-        start = time.perf_counter()
-        version = request.version or ""
-        try:
-            loaded = self.dataplane.model(request.model, request.version)
-            version = loaded.version
-            response = await self.dataplane.infer_on(loaded, request)
-        except BaseException as exc:
-            self.record(ctx, request.model, version, exc, start)
-            raise
-        self.record(ctx, request.model, version, None, start)
-        return response
+    @staticmethod
+    def require(ctx: CallContext) -> None:
+        """Raise the call's authentication failure, if any."""
+        if ctx.auth_error is not None:
+            raise ctx.auth_error
 
-    async def generate(self, ctx: CallContext, request: GenerateRequest) -> GenerationStream:
-        """Admit a generation and queue it. The transport records the call (`record`) when the stream
-        ends, since a stream outlives this call."""
-        loaded = self.dataplane.llm(request.model, request.version)
-        return await self.dataplane.generate_on(loaded, request)
+    def require_admin(self, ctx: CallContext) -> None:
+        self.require(ctx)
+        if not ctx.principal.is_admin:
+            raise PermissionDenied("this operation needs an API key with the admin role")
+
+    def visible(self, ctx: CallContext, model: str) -> bool:
+        """Whether the caller may see and use `model`."""
+        return ctx.auth_error is None and allowed(ctx.principal.models, model)
+
+    def check_model(self, ctx: CallContext, model: str) -> None:
+        """Authenticated and allowed to use `model`; else the same NotFound as an unknown model."""
+        self.require(ctx)
+        if not allowed(ctx.principal.models, model):
+            raise NotFound(f"unknown model {model!r}")
+
+    def model(self, ctx: CallContext, name: str, version: str | None = None) -> ModelVersion:
+        self.check_model(ctx, name)
+        return self.dataplane.model(name, version)
+
+    def llm(self, ctx: CallContext, name: str, version: str | None = None) -> LLMVersion:
+        self.check_model(ctx, name)
+        return self.dataplane.llm(name, version)
+
+    def model_ready(self, ctx: CallContext, name: str, version: str | None = None) -> bool:
+        """Readiness of a model the caller may see (a hidden model reads as an unknown one: not ready)."""
+        self.require(ctx)
+        return self.visible(ctx, name) and self.dataplane.model_ready(name, version)
+
+    def model_versions(self, ctx: CallContext, name: str) -> list[str]:
+        self.check_model(ctx, name)
+        return self.dataplane.model_versions(name)
+
+    def repository_index(self, ctx: CallContext, ready_only: bool = False) -> list[IndexEntry]:
+        """The repository index, only the models the caller may see."""
+        self.require(ctx)
+        return [e for e in self.dataplane.repository_index(ready_only) if self.visible(ctx, e.name)]
+
+    def statistics(
+        self, ctx: CallContext, name: str | None = None, version: str | None = None
+    ) -> list[dict[str, Any]]:
+        if name:
+            self.check_model(ctx, name)
+            return self.dataplane.statistics(name, version)
+        self.require(ctx)
+        return [s for s in self.dataplane.statistics() if self.visible(ctx, str(s["name"]))]
+
+    async def load(self, ctx: CallContext, name: str) -> None:
+        """Load a model (admin only), audited."""
+        self.require_admin(ctx)
+        await self.dataplane.load(name)
+        self._audit_admin(ctx, "admin.model_load", name)
+
+    async def unload(self, ctx: CallContext, name: str) -> None:
+        self.require_admin(ctx)
+        await self.dataplane.unload(name)
+        self._audit_admin(ctx, "admin.model_unload", name)
+
+    def _audit_admin(self, ctx: CallContext, action: str, target: str) -> None:
+        if self.governance is not None:
+            self.governance.audit(
+                AuditEntry(
+                    self.governance.clock(),
+                    action,
+                    ctx.principal.tenant,
+                    ctx.principal.key_id,
+                    target,
+                    request_id=ctx.request_id,
+                )
+            )
+
+    def workflow(self, ctx: CallContext, user: str | None = None) -> str:
+        """The call's workflow: the `x-inferd-workflow` header, else the OpenAI `user` field."""
+        return (ctx.workflow_header or user or "")[:256]
+
+    # -- tensor inference ----------------------------------------------------------------------------
+
+    async def infer(self, ctx: CallContext, request: InferRequest) -> InferResponse:
+        """One V2 inference: admitted, run, settled (ledger durable), recorded."""
+        responses = await self.infer_many(
+            ctx,
+            request.model,
+            request.version,
+            [request],
+            Demand(inferences=1),
+            lambda _: Consumed(inferences=1),
+        )
+        return responses[0]
+
+    async def infer_many(
+        self,
+        ctx: CallContext,
+        model: str,
+        version: str | None,
+        requests: Sequence[InferRequest],
+        demand: Demand,
+        consumed_of: Callable[[Sequence[InferResponse]], Consumed],
+        workflow: str = "",
+    ) -> list[InferResponse]:
+        """Several inferences on one model as one accounted call (embeddings split into batches)."""
+        start = time.perf_counter()
+        resolved = version or ""
+        lease: Lease | None = None
+        try:
+            loaded = self.model(ctx, model, version)
+            resolved = loaded.version
+            if self.governance is not None:
+                lease = self.governance.admit(ctx, model, resolved, demand, workflow or self.workflow(ctx))
+            if len(requests) == 1:
+                responses = [await self.dataplane.infer_on(loaded, requests[0])]
+            else:
+                responses = list(
+                    await asyncio.gather(*(self.dataplane.infer_on(loaded, r) for r in requests))
+                )
+        except BaseException as exc:
+            await self._settle(lease, Consumed(), exc, lambda: _tensor_payload(requests, None))
+            self.record(ctx, model, resolved, exc, start)
+            raise
+        await self._settle(lease, consumed_of(responses), None, lambda: _tensor_payload(requests, responses))
+        self.record(ctx, model, resolved, None, start)
+        return responses
+
+    async def _settle(
+        self,
+        lease: Lease | None,
+        consumed: Consumed,
+        exc: BaseException | None,
+        payload: Callable[[], dict[str, Any]],
+    ) -> None:
+        if lease is None or self.governance is None:
+            return
+        policy = self.governance.payload_policy(lease.ctx.principal)
+        await self.governance.settle(lease, consumed, exc, payload() if policy != "none" else None)
+
+    # -- generation ----------------------------------------------------------------------------------
+
+    async def generate(
+        self, ctx: CallContext, requests: Sequence[GenerateRequest], user: str | None = None
+    ) -> GenerationCall:
+        """Admit and queue one call's prompts (each with its `n` choices). The transport drains the streams
+        and then calls `finish` (also on failure or disconnect), which settles the call."""
+        if not requests:
+            raise ValueError("no prompts")
+        model, version = requests[0].model, requests[0].version
+        loaded = self.llm(ctx, model, version)
+        prepared = [self._prepare(ctx, loaded, r) for r in requests]
+        call = GenerationCall([], None)
+        if self.governance is not None:
+            demand = Demand(
+                sum(len(_ids(r)) * r.sampling.n for r in prepared),
+                sum((r.sampling.max_tokens or 0) * r.sampling.n for r in prepared),
+            )
+            call.lease = self.governance.admit(ctx, model, loaded.version, demand, self.workflow(ctx, user))
+            policy = self.governance.payload_policy(ctx.principal)
+            if policy != "none":
+                call.payload = _generation_payload(requests, policy)
+            if policy == "full":
+                call.outputs = {}
+        try:
+            for r in prepared:
+                call.streams.append(await self.dataplane.generate_on(loaded, r))
+        except BaseException:
+            for s in call.streams:
+                await s.aclose()
+            if call.lease is not None and self.governance is not None:
+                self.governance.release(call.lease)  # refused before any work: no usage
+            raise
+        if call.outputs is not None:
+            call.streams = [_Captured(s, i, call.outputs) for i, s in enumerate(call.streams)]
+        return call
+
+    def _prepare(self, ctx: CallContext, loaded: LLMVersion, request: GenerateRequest) -> GenerateRequest:
+        """Tokenize (the reservation needs the prompt's length) and bound max_tokens by the context and the
+        key's ceiling, so the reservation is an upper bound of what the request can use."""
+        if self.governance is None:
+            return request
+        ids = loaded.prompt_token_ids(request)
+        room = max(loaded.max_model_len - len(ids), 1)
+        max_tokens = request.sampling.max_tokens or room
+        ceiling = self.governance.ceiling(ctx.principal)
+        if ceiling is not None:
+            max_tokens = min(max_tokens, ceiling)
+        sampling = dataclasses.replace(request.sampling, max_tokens=max_tokens)
+        return dataclasses.replace(request, prompt=ids, messages=None, sampling=sampling)
+
+    async def finish(
+        self, ctx: CallContext, call: GenerationCall, exc: BaseException | None, start: float
+    ) -> None:
+        """Settle a generation call (its ledger row is durable when this returns) and record it."""
+        model = call.lease.model if call.lease else (call.streams[0].model if call.streams else "")
+        if call.lease is not None and self.governance is not None:
+            payload = dict(call.payload)
+            if call.outputs is not None:
+                payload.setdefault("full", {})["outputs"] = {
+                    f"{p}.{c}": "".join(parts)[:PAYLOAD_CHARS]
+                    for (p, c), parts in sorted(call.outputs.items())
+                }
+            await self.governance.settle(call.lease, call.consumed(), exc, payload or None)
+        self.record(ctx, model, call.version, exc, start)
+
+    # -- metrics -------------------------------------------------------------------------------------
 
     def record(
         self, ctx: CallContext, model: str, version: str, exc: BaseException | None, start: float
@@ -85,3 +301,84 @@ class Gateway:
             model, version = UNKNOWN_MODEL, ""  # client-chosen names must not create metric series
         m.requests.labels(model, version, ctx.protocol, ctx.status_of(exc)).inc()
         m.request_duration.labels(model, version, ctx.protocol).observe(time.perf_counter() - start)
+
+
+def _ids(request: GenerateRequest) -> Sequence[int]:
+    prompt = request.prompt
+    return prompt if prompt is not None and not isinstance(prompt, str) else ()
+
+
+def _generation_payload(requests: Sequence[GenerateRequest], policy: str) -> dict[str, Any]:
+    """What the audit log keeps of a generation's request: parameters (metadata) and text (full)."""
+    first = requests[0]
+    s = first.sampling
+    metadata = {
+        "prompts": len(requests),
+        "messages": len(first.messages) if first.messages is not None else None,
+        "n": s.n,
+        "max_tokens": s.max_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "stop": list(s.stop),
+        "stream_logprobs": s.logprobs,
+    }
+    doc: dict[str, Any] = {"metadata": metadata}
+    if policy == "full":
+        if first.messages is not None:
+            doc["full"] = {"messages": [dict(m) for m in first.messages]}
+        else:
+            doc["full"] = {
+                "prompts": [
+                    (r.prompt if isinstance(r.prompt, str) else list(r.prompt or ()))
+                    if not isinstance(r.prompt, str)
+                    else r.prompt[:PAYLOAD_CHARS]
+                    for r in requests
+                ]
+            }
+    return doc
+
+
+def _tensor_payload(
+    requests: Sequence[InferRequest], responses: Sequence[InferResponse] | None
+) -> dict[str, Any]:
+    """Shapes and datatypes (metadata) and values, truncated (full), of V2 inputs and outputs."""
+
+    def describe(tensors: Sequence[Any]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": t.datatype.name, "shape": list(t.data.shape)} for t in tensors]
+
+    def values(tensors: Sequence[Any]) -> dict[str, str]:
+        return {t.name: repr(t.data.tolist())[:PAYLOAD_CHARS] for t in tensors}
+
+    metadata = {"inputs": [describe(r.inputs) for r in requests]}
+    full: dict[str, Any] = {"inputs": [values(r.inputs) for r in requests]}
+    if responses is not None:
+        metadata["outputs"] = [describe(r.outputs) for r in responses]
+        full["outputs"] = [values(r.outputs) for r in responses]
+    return {"metadata": metadata, "full": full}
+
+
+class _Captured:
+    """A stream that also keeps its output text (full payload logging)."""
+
+    def __init__(
+        self, inner: GenerationStream, prompt_index: int, outputs: dict[tuple[int, int], list[str]]
+    ) -> None:
+        self._inner = inner
+        self._index = prompt_index
+        self._outputs = outputs
+        self.request_id = inner.request_id
+        self.model = inner.model
+        self.version = inner.version
+        self.prompt_token_ids = inner.prompt_token_ids
+        self.usage: Usage = inner.usage
+
+    def __aiter__(self) -> AsyncIterator[GenerationChunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[GenerationChunk]:
+        async for chunk in self._inner:
+            self._outputs.setdefault((self._index, chunk.index), []).append(chunk.text)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -59,6 +59,7 @@ class Metrics:
             "inferd_queue_depth", "Requests waiting in the batcher queue.", ["model", "version"], registry=r
         )
         self._llm_metrics(r)
+        self._governance_metrics(r)
         self.model_ready = Gauge(
             "inferd_model_ready",
             "1 when the model version is loaded and ready.",
@@ -104,6 +105,41 @@ class Metrics:
         self.preemptions = counter("inferd_preemptions", "Requests preempted for lack of KV-cache blocks.")
         self.prompt_tokens = counter("inferd_prompt_tokens", "Prompt tokens of finished requests.")
         self.generation_tokens = counter("inferd_generation_tokens", "Tokens generated.")
+
+    def _governance_metrics(self, r: CollectorRegistry) -> None:
+        """Spend and refusals per tenant (tenants are created by admins: bounded cardinality)."""
+        self.tokens = Counter(
+            "inferd_tokens",
+            "Tokens settled in the usage ledger (kind: prompt, completion, cached).",
+            ["tenant", "model", "kind"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "inferd_cost",
+            "Cost settled in the usage ledger, in the currency.",
+            ["tenant", "model"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "inferd_rejections",
+            "Requests refused by the gateway (reason: auth, rate_limit, concurrency, budget, workflow, "
+            "access).",
+            ["tenant", "reason"],
+            registry=r,
+        )
+        self.budget_remaining = Gauge(
+            "inferd_budget_remaining",
+            "What is left of the tenant's tightest budget after settled usage (kind: tokens, cost, "
+            "requests).",
+            ["tenant", "kind"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "inferd_retries",
+            "Requests that declared themselves retries (Idempotency-Key seen before, or x-inferd-retry-of).",
+            ["tenant"],
+            registry=r,
+        )
 
     def track_queue_depth(self, model: str, version: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model, version).set_function(depth)

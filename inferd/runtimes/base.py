@@ -21,6 +21,9 @@ class ModelSignature:
     """0 = no batching dimension; otherwise the first dimension of every input and output is the batch."""
     text_bytes: bool = False
     """BYTES inputs must be UTF-8 text (ONNX string tensors); checked per request before queueing."""
+    tokens_per_row: int = 0
+    """Most tokens one input row can count (an embedding model's truncation length); 0 = not token-based.
+    Budgets reserve this much per text."""
 
     def input(self, name: str) -> TensorSpec | None:
         return next((s for s in self.inputs if s.name == name), None)

@@ -160,6 +160,7 @@ class EmbeddingRuntime:
             ),
             max_batch_size=max_batch_size,
             text_bytes=True,
+            tokens_per_row=pipeline.max_seq_length,
         )
 
     @classmethod

@@ -98,16 +98,24 @@ def load_llm_version(
     tokenizer = Tokenizer.load(version_dir)
     template = ChatTemplate.load(version_dir)
     dtype = None if config.dtype == "auto" else config.dtype
-    engine = LLMEngine.load(version_dir, config.engine_config(), dtype=dtype)
     extra_eos = generation_eos_ids(version_dir)
     if tokenizer.eos_token_id is not None:
         extra_eos += (tokenizer.eos_token_id,)
-    eos = engine.arch.eos_token_ids
-    merged = eos + tuple(dict.fromkeys(t for t in extra_eos if t not in eos))
-    if merged != eos:
-        engine.arch = dataclasses.replace(engine.arch, eos_token_ids=merged)
+    built: list[LLMEngine] = []
+
+    def build() -> LLMEngine:  # on the engine's thread: see AsyncLLMEngine
+        engine = LLMEngine.load(version_dir, config.engine_config(), dtype=dtype)
+        eos = engine.arch.eos_token_ids
+        merged = eos + tuple(dict.fromkeys(t for t in extra_eos if t not in eos))
+        if merged != eos:
+            engine.arch = dataclasses.replace(engine.arch, eos_token_ids=merged)
+        built.append(engine)
+        return engine
+
+    loop = AsyncLLMEngine(None, tokenizer, build=build, name=f"{name}-{version}")
     served = LLMVersion(
-        name, version, sha256, tokenizer, template, engine.config.scheduler.max_model_len, metrics
+        name, version, sha256, tokenizer, template, built[0].config.scheduler.max_model_len, metrics
     )
-    served.attach(AsyncLLMEngine(engine, tokenizer, name=f"{name}-{version}", on_step=served.on_step))
+    loop.on_step = served.on_step
+    served.attach(loop)
     return served

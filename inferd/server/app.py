@@ -21,12 +21,15 @@ from tritonclient.grpc import service_pb2_grpc
 
 from inferd.config import ServerConfig
 from inferd.dataplane import DataPlane
+from inferd.gateway.governance import ADMIN_KEY_FILE, Governance, ensure_admin_key
 from inferd.gateway.stage import Gateway
 from inferd.metrics.registry import Metrics
 from inferd.repository.manager import ModelManager, RuntimeLoader
+from inferd.server.admin_api import AdminHttp
 from inferd.server.grpc_v2 import V2Grpc
 from inferd.server.http_v2 import V2Http, error_response
 from inferd.server.openai_api import OpenAIHttp
+from inferd.store.sqlite import SqliteStore
 
 log = logging.getLogger("inferd")
 
@@ -48,7 +51,17 @@ class InferdServer:
             loaders=loaders,
         )
         self.dataplane = DataPlane(self.manager)
-        self.gateway = Gateway(self.dataplane, self.metrics)
+        self.governance: Governance | None = None
+        self.admin_key: str | None = None
+        """The admin key created at this start (first start of a state dir), to print once."""
+        if config.auth:
+            state_dir = Path(config.state_dir)
+            store = SqliteStore(state_dir)
+            self.admin_key = ensure_admin_key(store, state_dir)
+            self.governance = Governance(store, self.metrics)
+        else:
+            log.warning("authentication is off (--no-auth): every caller is an anonymous admin")
+        self.gateway = Gateway(self.dataplane, self.metrics, self.governance)
         self.http_port = 0
         self.grpc_port = 0
         self._uvicorn: uvicorn.Server | None = None
@@ -59,6 +72,7 @@ class InferdServer:
     def http_app(self) -> Starlette:
         v2 = V2Http(self.gateway, self.config.max_request_bytes)
         openai = OpenAIHttp(self.gateway, self.config.max_request_bytes)
+        admin = AdminHttp(self.gateway, self.config.max_request_bytes)
 
         async def metrics(request: Request) -> Response:
             return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -75,13 +89,20 @@ class InferdServer:
             return error_response(exc)
 
         return Starlette(
-            routes=[*v2.routes(), *openai.routes(), Route("/metrics", metrics, methods=["GET"])],
+            routes=[
+                *v2.routes(),
+                *openai.routes(),
+                *admin.routes(),
+                Route("/metrics", metrics, methods=["GET"]),
+            ],
             exception_handlers={404: not_found, 405: not_found, 500: internal},
         )
 
     async def start(self) -> None:
         """Load the startup models, open both listeners, report the ports."""
         cfg = self.config
+        if self.governance is not None:
+            self.governance.start_watching()
         await self.manager.start(cfg.load_models or None)
         sock = _bind(cfg.host, cfg.http_port)
         self.http_port = sock.getsockname()[1]
@@ -124,11 +145,20 @@ class InferdServer:
         if self._uvicorn_task is not None:
             await self._uvicorn_task
         await self.manager.stop()
+        if self.governance is not None:
+            await self.governance.close()
         self._stopped.set()
 
     async def serve_forever(self) -> None:
         """Run until SIGINT or SIGTERM."""
         await self.start()
+        if self.admin_key is not None:
+            key_file = Path(self.config.state_dir) / ADMIN_KEY_FILE
+            print(
+                f"inferd: created the admin API key (shown once; also in {key_file}, mode 0600):\n"
+                f"  {self.admin_key}",
+                flush=True,
+            )
         print(f"inferd: listening http={self.http_port} grpc={self.grpc_port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ from inferd.errors import InvalidInput
 from inferd.gateway.context import CallContext
 from inferd.gateway.stage import Gateway
 from inferd.server import model_views, status
+from inferd.server.usage_headers import error_headers, success_headers
 from inferd.tensors import Array, InferRequest, InferResponse, OutputRequest, Tensor, uint_parameter
 
 _CONTENTS_FIELD = {
@@ -128,6 +129,9 @@ class V2Grpc(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[mis
         self.dataplane = gateway.dataplane
 
     async def _fail(self, context: Any, exc: BaseException) -> None:
+        headers = error_headers(exc)
+        if headers:
+            context.set_trailing_metadata(tuple(headers.items()))
         await context.abort(status.grpc_code(exc), status.message(exc))
 
     def _begin(self, context: Any) -> CallContext:
@@ -141,9 +145,11 @@ class V2Grpc(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[mis
         return service_pb2.ServerReadyResponse(ready=self.dataplane.ready())
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        return service_pb2.ModelReadyResponse(
-            ready=self.dataplane.model_ready(request.name, request.version or None)
-        )
+        try:
+            ready = self.gateway.model_ready(self._begin(context), request.name, request.version or None)
+        except Exception as exc:
+            await self._fail(context, exc)
+        return service_pb2.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         meta = self.dataplane.server_metadata()
@@ -153,8 +159,9 @@ class V2Grpc(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[mis
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         try:
-            loaded = self.dataplane.model(request.name, request.version or None)
-            doc = model_views.metadata(loaded, self.dataplane.model_versions(request.name))
+            ctx = self._begin(context)
+            loaded = self.gateway.model(ctx, request.name, request.version or None)
+            doc = model_views.metadata(loaded, self.gateway.model_versions(ctx, request.name))
         except Exception as exc:
             await self._fail(context, exc)
         doc.pop("parameters", None)
@@ -162,7 +169,8 @@ class V2Grpc(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[mis
 
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         try:
-            doc = model_views.model_config(self.dataplane.model(request.name, request.version or None))
+            loaded = self.gateway.model(self._begin(context), request.name, request.version or None)
+            doc = model_views.model_config(loaded)
         except Exception as exc:
             await self._fail(context, exc)
         config = json_format.ParseDict(doc, model_config_pb2.ModelConfig())
@@ -170,38 +178,41 @@ class V2Grpc(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[mis
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
         try:
-            stats = self.dataplane.statistics(request.name or None, request.version or None)
+            ctx = self._begin(context)
+            stats = self.gateway.statistics(ctx, request.name or None, request.version or None)
         except Exception as exc:
             await self._fail(context, exc)
         return json_format.ParseDict({"model_stats": stats}, service_pb2.ModelStatisticsResponse())
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        try:
+            entries = self.gateway.repository_index(self._begin(context), request.ready)
+        except Exception as exc:
+            await self._fail(context, exc)
         resp = service_pb2.RepositoryIndexResponse()
-        for e in self.dataplane.repository_index(request.ready):
+        for e in entries:
             resp.models.add(name=e.name, version=e.version, state=e.state, reason=e.reason)
         return resp
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         try:
-            await self.dataplane.load(request.model_name)
+            await self.gateway.load(self._begin(context), request.model_name)
         except Exception as exc:
             await self._fail(context, exc)
         return service_pb2.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         try:
-            await self.dataplane.unload(request.model_name)
+            await self.gateway.unload(self._begin(context), request.model_name)
         except Exception as exc:
             await self._fail(context, exc)
         return service_pb2.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()
+        ctx = self._begin(context)
         try:
-            ctx = self._begin(context)
-        except Exception as exc:
-            await self._fail(context, exc)
-        try:
+            self.gateway.check_model(ctx, request.model_name)
             infer_request = decode_request(request)
             _apply_deadline(infer_request, context)
         except Exception as exc:
@@ -211,12 +222,15 @@ class V2Grpc(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[mis
             response = await self.gateway.infer(ctx, infer_request)
         except Exception as exc:
             await self._fail(context, exc)
+        context.set_trailing_metadata(tuple(success_headers(ctx).items()))
         return encode_response(response)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
         ctx = self._begin(context)
+        if ctx.auth_error is not None:
+            await self._fail(context, ctx.auth_error)
         results: asyncio.Queue[Any] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
 

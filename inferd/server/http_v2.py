@@ -13,9 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from inferd.errors import InvalidInput, PayloadTooLarge, ResourceExhausted
+from inferd.errors import InvalidInput, PayloadTooLarge, Unauthenticated
+from inferd.gateway.context import CallContext
 from inferd.gateway.stage import Gateway
 from inferd.server import model_views, status
+from inferd.server.usage_headers import error_headers, success_headers
 from inferd.server.v2_codec import HEADER_LENGTH, decode_request, encode_response
 
 JSON = "application/json"
@@ -27,9 +29,9 @@ def json_response(doc: Any, code: int = 200, headers: dict[str, str] | None = No
 
 
 def error_response(exc: BaseException, request_id: str | None = None) -> Response:
-    headers: dict[str, str] = {}
-    if isinstance(exc, ResourceExhausted):
-        headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+    headers = error_headers(exc)
+    if isinstance(exc, Unauthenticated):
+        headers["www-authenticate"] = "Bearer"
     if request_id:
         headers["x-request-id"] = request_id
     return json_response({"error": status.message(exc)}, status.http_status(exc), headers)
@@ -92,15 +94,17 @@ class V2Http:
             Route("/v2/repository/models/{model}/unload", g(self.unload), methods=["POST"]),
         ]
 
-    @staticmethod
-    def _guard(handler: Handler) -> Handler:
+    def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
             try:
                 return await handler(request)
             except Exception as exc:
-                return error_response(exc)
+                return error_response(exc, request.headers.get("x-request-id"))
 
         return guarded
+
+    def _begin(self, request: Request) -> CallContext:
+        return self.gateway.begin("http", request.headers, status.http_code_label)
 
     async def live(self, request: Request) -> Response:
         live = self.dataplane.live()
@@ -118,27 +122,32 @@ class V2Http:
 
     async def model_metadata(self, request: Request) -> Response:
         name, version = _model_path(request)
-        loaded = self.dataplane.model(name, version)
-        return json_response(model_views.metadata(loaded, self.dataplane.model_versions(name)))
+        ctx = self._begin(request)
+        loaded = self.gateway.model(ctx, name, version)
+        return json_response(model_views.metadata(loaded, self.gateway.model_versions(ctx, name)))
 
     async def model_ready(self, request: Request) -> Response:
         name, version = _model_path(request)
-        ready = self.dataplane.model_ready(name, version)
+        ready = self.gateway.model_ready(self._begin(request), name, version)
         return json_response({"name": name, "ready": ready}, 200 if ready else 503)
 
     async def model_config(self, request: Request) -> Response:
         name, version = _model_path(request)
-        return json_response(model_views.model_config(self.dataplane.model(name, version)))
+        loaded = self.gateway.model(self._begin(request), name, version)
+        return json_response(model_views.model_config(loaded))
 
     async def stats(self, request: Request) -> Response:
         name, version = _model_path(request)
-        return json_response({"model_stats": self.dataplane.statistics(name or None, version)})
+        stats = self.gateway.statistics(self._begin(request), name or None, version)
+        return json_response({"model_stats": stats})
 
     async def repository_index(self, request: Request) -> Response:
+        ctx = self._begin(request)
+        self.gateway.require(ctx)
         body = await read_body(request, self.max_body_bytes)
         doc = _optional_json(body)
         ready_only = bool(doc.get("ready", False))
-        entries = self.dataplane.repository_index(ready_only)
+        entries = self.gateway.repository_index(ctx, ready_only)
         return json_response(
             [
                 {
@@ -156,23 +165,25 @@ class V2Http:
         )
 
     async def load(self, request: Request) -> Response:
+        ctx = self._begin(request)
+        self.gateway.require_admin(ctx)
         await read_body(request, self.max_body_bytes)
-        await self.dataplane.load(request.path_params["model"])
+        await self.gateway.load(ctx, request.path_params["model"])
         return Response(status_code=200)
 
     async def unload(self, request: Request) -> Response:
+        ctx = self._begin(request)
+        self.gateway.require_admin(ctx)
         await read_body(request, self.max_body_bytes)
-        await self.dataplane.unload(request.path_params["model"])
+        await self.gateway.unload(ctx, request.path_params["model"])
         return Response(status_code=200)
 
     async def infer(self, request: Request) -> Response:
         started = time.perf_counter()
         name, version = _model_path(request)
+        ctx = self._begin(request)
         try:
-            ctx = self.gateway.begin("http", request.headers, status.http_code_label)
-        except Exception as exc:
-            return error_response(exc)
-        try:
+            self.gateway.check_model(ctx, name)
             body = await read_body(request, self.max_body_bytes)
             infer_request = decode_request(body, request.headers.get(HEADER_LENGTH), name, version)
         except Exception as exc:
@@ -183,7 +194,7 @@ class V2Http:
             out, header_len = encode_response(response, infer_request)
         except Exception as exc:
             return error_response(exc, ctx.request_id)
-        headers = {"x-request-id": ctx.request_id}
+        headers = success_headers(ctx)
         if header_len is None:
             return Response(out, media_type=JSON, headers=headers)
         headers[HEADER_LENGTH] = str(header_len)

@@ -21,9 +21,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from inferd import datatypes
-from inferd.errors import NotFound, ResourceExhausted
+from inferd.errors import NotFound, PermissionDenied, QuotaExceeded, RateLimited, Unauthenticated
 from inferd.gateway.context import CallContext
-from inferd.gateway.stage import Gateway
+from inferd.gateway.governance import Consumed, Demand
+from inferd.gateway.stage import Gateway, GenerationCall
 from inferd.generation import GenerateRequest, GenerationChunk, GenerationStream, TokenLogprob, collect
 from inferd.runtimes.embedding_io import INPUT as EMBEDDING_INPUT
 from inferd.runtimes.embedding_io import OUTPUT as EMBEDDING_OUTPUT
@@ -39,6 +40,8 @@ from inferd.server.openai_schema import (
     parse_completion,
     parse_embeddings,
 )
+from inferd.server.usage_headers import error_headers, success_headers
+from inferd.store.records import MICROS
 from inferd.tensors import Array, InferRequest, InferResponse, Tensor
 
 JSON = "application/json"
@@ -54,17 +57,24 @@ _ERROR_TYPES = {
 
 def openai_error(exc: BaseException, request_id: str) -> Response:
     code = status.http_status(exc)
-    headers = {"x-request-id": request_id}
-    if isinstance(exc, ResourceExhausted):
-        headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
-    error = {
-        "message": status.message(exc),
-        "type": _ERROR_TYPES.get(code, "server_error"),
-        "param": exc.param
-        if isinstance(exc, InvalidParam)
-        else ("model" if isinstance(exc, NotFound) else None),
-        "code": "model_not_found" if isinstance(exc, NotFound) else None,
-    }
+    headers = {"x-request-id": request_id, **error_headers(exc)}
+    error_type = _ERROR_TYPES.get(code, "server_error")
+    error_code: str | None = None
+    param: str | None = None
+    if isinstance(exc, InvalidParam):
+        param = exc.param
+    elif isinstance(exc, NotFound):
+        param, error_code = "model", "model_not_found"
+    elif isinstance(exc, Unauthenticated):
+        error_type, error_code = "invalid_request_error", "invalid_api_key"
+        headers["www-authenticate"] = "Bearer"
+    elif isinstance(exc, PermissionDenied):
+        error_type, error_code = "permission_error", "permission_denied"
+    elif isinstance(exc, QuotaExceeded):
+        error_type, error_code = "insufficient_quota", exc.code
+    elif isinstance(exc, RateLimited):
+        error_code = exc.code
+    error = {"message": status.message(exc), "type": error_type, "param": param, "code": error_code}
     return Response(orjson.dumps({"error": error}), status_code=code, media_type=JSON, headers=headers)
 
 
@@ -155,11 +165,16 @@ class OpenAIHttp:
 
     async def models(self, request: Request) -> Response:
         ctx = self._begin(request)
+        try:
+            self.gateway.require(ctx)
+        except Exception as exc:
+            return openai_error(exc, ctx.request_id)
         created: dict[str, int] = {}  # one entry per model, however many versions it serves
         for v in self.gateway.dataplane.llm_versions():
             created[v.name] = min(created.get(v.name, v.created), v.created)
         for e in self.gateway.dataplane.embedding_versions():
             created.setdefault(e.name, e.created)
+        created = {name: when for name, when in created.items() if self.gateway.visible(ctx, name)}
         data = [
             {"id": name, "object": "model", "created": when, "owned_by": "inferd"}
             for name, when in sorted(created.items())
@@ -175,22 +190,34 @@ class OpenAIHttp:
         ctx = self._begin(request)
         start = time.perf_counter()
         model = ""
+        recorded = False
         try:
+            self.gateway.require(ctx)
             parsed = parse_embeddings(parse_body(await read_body(request, self.max_body_bytes)))
             model = parsed.model
-            loaded = self.gateway.dataplane.model(model)
-            if loaded.signature.platform != EMBEDDING_PLATFORM:
+            loaded = self.gateway.model(ctx, model)
+            signature = loaded.signature
+            if signature.platform != EMBEDDING_PLATFORM:
                 raise InvalidParam("model", f"model {model!r} is not an embedding model")
-            chunk = max(loaded.signature.max_batch_size, 1)
+            chunk = max(signature.max_batch_size, 1)
             pieces = [parsed.texts[i : i + chunk] for i in range(0, len(parsed.texts), chunk)]
-            responses = await asyncio.gather(
-                *(self.gateway.infer(ctx, _embedding_request(model, loaded.version, p)) for p in pieces)
+            demand = Demand(prompt_tokens=len(parsed.texts) * signature.tokens_per_row, inferences=1)
+            recorded = True  # from here on the gateway records the call
+            responses = await self.gateway.infer_many(
+                ctx,
+                model,
+                loaded.version,
+                [_embedding_request(model, loaded.version, p) for p in pieces],
+                demand,
+                lambda rs: Consumed(prompt_tokens=_embedding_tokens(rs), inferences=1),
+                self.gateway.workflow(ctx, parsed.user),
             )
         except Exception as exc:
-            self.gateway.record(ctx, model, "", exc, start)
+            if not recorded:
+                self.gateway.record(ctx, model, "", exc, start)
             return openai_error(exc, ctx.request_id)
         vectors = np.concatenate([_output(r, EMBEDDING_OUTPUT) for r in responses])
-        tokens = int(sum(int(_output(r, EMBEDDING_TOKENS).sum()) for r in responses))
+        tokens = _embedding_tokens(responses)
         data = [
             {
                 "object": "embedding",
@@ -208,7 +235,7 @@ class OpenAIHttp:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
-        return Response(body, media_type=JSON, headers={"x-request-id": ctx.request_id})
+        return Response(body, media_type=JSON, headers=success_headers(ctx))
 
     async def completions(self, request: Request) -> Response:
         return await self._handle(request, chat=False)
@@ -220,13 +247,14 @@ class OpenAIHttp:
         ctx = self._begin(request)
         start = time.perf_counter()
         model = ""
-        streams: list[GenerationStream] = []
+        call: GenerationCall | None = None
         try:
+            self.gateway.require(ctx)
             doc = parse_body(await read_body(request, self.max_body_bytes))
             parsed = parse_chat(doc) if chat else parse_completion(doc)
             model = parsed.model
-            for prompt in (None,) if chat else parsed.prompts:
-                generate = GenerateRequest(
+            generates = [
+                GenerateRequest(
                     model,
                     parsed.sampling,
                     prompt=prompt,
@@ -235,19 +263,28 @@ class OpenAIHttp:
                     request_id=ctx.request_id,
                     skip_special_tokens=parsed.skip_special_tokens,
                 )
-                streams.append(await self.gateway.generate(ctx, generate))
+                for prompt in ((None,) if chat else parsed.prompts)
+            ]
+            call = await self.gateway.generate(ctx, generates, parsed.user)
             if parsed.stream:
-                headers = {"x-request-id": ctx.request_id, "cache-control": "no-cache"}
-                events = self._events(ctx, parsed, streams, chat, start)
+                headers = {**success_headers(ctx), "cache-control": "no-cache"}
+                events = self._events(ctx, parsed, call, chat, start)
                 return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-            doc = await self._whole(ctx, parsed, streams, chat)
-        except Exception as exc:
-            for stream in streams:
-                await stream.aclose()
-            self.gateway.record(ctx, model, streams[0].version if streams else "", exc, start)
-            return openai_error(exc, ctx.request_id)
-        self.gateway.record(ctx, model, streams[0].version, None, start)
-        return Response(orjson.dumps(doc), media_type=JSON, headers={"x-request-id": ctx.request_id})
+            doc = await self._whole(ctx, parsed, call.streams, chat)
+        except BaseException as exc:
+            if call is None:
+                self.gateway.record(ctx, model, "", exc, start)
+            else:
+                for stream in call.streams:
+                    await stream.aclose()
+                await self.gateway.finish(ctx, call, exc, start)
+            if isinstance(exc, Exception):
+                return openai_error(exc, ctx.request_id)
+            raise
+        await self.gateway.finish(ctx, call, None, start)
+        if ctx.cost_micros is not None:
+            doc["usage"]["cost"] = ctx.cost_micros / MICROS
+        return Response(orjson.dumps(doc), media_type=JSON, headers=success_headers(ctx))
 
     async def _whole(
         self, ctx: CallContext, parsed: OpenAIRequest, streams: list[GenerationStream], chat: bool
@@ -282,11 +319,12 @@ class OpenAIHttp:
         self,
         ctx: CallContext,
         parsed: OpenAIRequest,
-        streams: list[GenerationStream],
+        call: GenerationCall,
         chat: bool,
         start: float,
     ) -> AsyncIterator[bytes]:
         n = parsed.sampling.n
+        streams = call.streams
         base = {
             "id": ("chatcmpl-" if chat else "cmpl-") + ctx.request_id,
             "object": "chat.completion.chunk" if chat else "text_completion",
@@ -295,6 +333,7 @@ class OpenAIHttp:
         }
         offsets: dict[int, int] = {}
         error: BaseException | None = None
+        settled = False
         try:
             if chat:
                 first = [
@@ -320,8 +359,14 @@ class OpenAIHttp:
                 if chunk.stop_reason is not None:
                     choice["stop_reason"] = chunk.stop_reason
                 yield self._event({**base, "choices": [choice]}, parsed)
+            # The ledger row is durable before the client sees the end of the response.
+            settled = True
+            await self.gateway.finish(ctx, call, None, start)
             if parsed.include_usage:
-                yield self._event({**base, "choices": [], "usage": _usage(streams)}, parsed)
+                usage = _usage(streams)
+                if ctx.cost_micros is not None:
+                    usage["cost"] = ctx.cost_micros / MICROS
+                yield self._event({**base, "choices": [], "usage": usage}, parsed)
             yield b"data: [DONE]\n\n"
         except asyncio.CancelledError as exc:  # the client went away
             error = exc
@@ -334,7 +379,8 @@ class OpenAIHttp:
         finally:
             for stream in streams:
                 await stream.aclose()
-            self.gateway.record(ctx, parsed.model, streams[0].version, error, start)
+            if not settled:
+                await self.gateway.finish(ctx, call, error, start)
 
     @staticmethod
     def _event(doc: dict[str, Any], parsed: OpenAIRequest) -> bytes:
@@ -347,6 +393,10 @@ def _embedding_request(model: str, version: str, texts: Sequence[str]) -> InferR
     data = np.empty(len(texts), dtype=np.object_)
     data[:] = [t.encode("utf-8") for t in texts]
     return InferRequest(model, version, [Tensor(EMBEDDING_INPUT, datatypes.BY_NAME["BYTES"], data)])
+
+
+def _embedding_tokens(responses: Sequence[InferResponse]) -> int:
+    return int(sum(int(_output(r, EMBEDDING_TOKENS).sum()) for r in responses))
 
 
 def _output(response: InferResponse, name: str) -> Array:

@@ -41,6 +41,8 @@ class OpenAIRequest:
     """Streaming: send a last chunk with the usage (`stream_options.include_usage`)."""
     add_generation_prompt: bool = True
     skip_special_tokens: bool = True
+    user: str | None = None
+    """The end user (OpenAI's field); the call's workflow when no `x-inferd-workflow` header is sent."""
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -181,6 +183,7 @@ def parse_completion(doc: Mapping[str, Any]) -> OpenAIRequest:
         stream=stream,
         include_usage=include_usage,
         skip_special_tokens=fields.boolean("skip_special_tokens", True),
+        user=fields.string("user"),
     )
 
 
@@ -234,6 +237,7 @@ def parse_chat(doc: Mapping[str, Any]) -> OpenAIRequest:
         include_usage=include_usage,
         add_generation_prompt=fields.boolean("add_generation_prompt", True),
         skip_special_tokens=fields.boolean("skip_special_tokens", True),
+        user=fields.string("user"),
     )
 
 
@@ -245,6 +249,7 @@ class EmbeddingsRequest:
     texts: tuple[str, ...]
     encoding_format: str = "float"
     """`float` (a list of numbers) or `base64` (little-endian float32 bytes)."""
+    user: str | None = None
 
 
 MAX_EMBEDDING_INPUTS = 2048
@@ -271,4 +276,4 @@ def parse_embeddings(doc: Mapping[str, Any]) -> EmbeddingsRequest:
         raise InvalidParam("encoding_format", f"expected 'float' or 'base64', got {encoding!r}")
     if doc.get("dimensions") is not None:
         raise InvalidParam("dimensions", "this model's embeddings have a fixed size; omit dimensions")
-    return EmbeddingsRequest(model, texts, str(encoding))
+    return EmbeddingsRequest(model, texts, str(encoding), fields.string("user"))

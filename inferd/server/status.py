@@ -13,6 +13,9 @@ log = logging.getLogger("inferd.server")
 _TABLE: list[tuple[type[errors.InferdError], int, grpc.StatusCode]] = [
     (errors.InvalidInput, 400, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotFound, 404, grpc.StatusCode.NOT_FOUND),
+    (errors.Unauthenticated, 401, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, 403, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.QuotaExceeded, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.PayloadTooLarge, 413, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ResourceExhausted, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.NotReady, 503, grpc.StatusCode.UNAVAILABLE),

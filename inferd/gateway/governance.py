@@ -1,0 +1,552 @@
+"""Governance of the request path: who calls (API keys), what they may use, and what they may spend.
+
+The gateway asks it to `authenticate` a call's headers, `admit` a request with an upper bound of what it can
+use (rate limits, concurrency caps and budgets checked and reserved at once), and `settle` it with what it
+actually used: the reservation becomes settled usage, the request's ledger row (and audit entry) is
+committed by the group-commit writer, and only then does the caller answer the client. Nothing here touches
+the database on the request path except through that writer; configuration is read from an in-memory
+snapshot that a watcher refreshes when any process changes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inferd.errors import (
+    InferdError,
+    LimitState,
+    QuotaExceeded,
+    RateLimited,
+    Unauthenticated,
+)
+from inferd.gateway import keys
+from inferd.gateway.budgets import Amount, BudgetBook, Reservation, period_end, period_start
+from inferd.gateway.context import CallContext, Principal
+from inferd.gateway.policy import PolicySnapshot
+from inferd.gateway.ratelimit import Buckets, Concurrency, TokenBucket
+from inferd.metrics.registry import Metrics
+from inferd.store.records import MICROS, PERIODS, ApiKey, AuditEntry, Limits, Tenant, UsageRow
+from inferd.store.sqlite import SqliteStore
+from inferd.store.writer import LedgerWriter
+
+log = logging.getLogger("inferd.governance")
+
+ADMIN_TENANT = "admin"
+ADMIN_KEY_FILE = "admin.key"
+IDEMPOTENCY_MEMORY = 100_000
+"""Idempotency keys remembered (per server) to link retries to their first request."""
+
+
+@dataclass(frozen=True)
+class Demand:
+    """The most a request can use: what is reserved at admission."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    inferences: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """What a request used, settled when it ends."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    inferences: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Lease:
+    """An admitted request's hold on limits and budgets, until `settle`."""
+
+    ctx: CallContext
+    model: str
+    version: str
+    workflow: str
+    demand: Demand
+    reservation: Reservation
+    token_buckets: list[TokenBucket]
+    owners: list[str]
+    started: float
+    retry_of: str = ""
+    settled: bool = False
+
+
+@dataclass
+class _Check:
+    """One limit evaluated during admission."""
+
+    owner: str
+    limits: Limits
+    requests: TokenBucket | None = None
+    tokens: TokenBucket | None = None
+    states: dict[str, LimitState] = field(default_factory=dict)
+
+
+def status_of(exc: BaseException | None) -> str:
+    """The ledger's status for an outcome."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    name = type(exc).__name__
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+class Governance:
+    """Keys, limits, budgets, ledger and audit for one server."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.poll_interval_s = poll_interval_s
+        self.snapshot = PolicySnapshot.load(store)
+        self.book = BudgetBook()
+        self.buckets = Buckets()
+        self.concurrency = Concurrency()
+        self.writer = LedgerWriter(store.append_connection)
+        self._idempotency: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._watcher: asyncio.Task[None] | None = None
+        self._rebuild_budgets()
+        self._update_budget_gauges()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def _rebuild_budgets(self) -> None:
+        """Settled usage of the current day, month and all time, from the ledger."""
+        now = self.clock()
+        rows = []
+        for period in PERIODS:
+            start = period_start(period, now)
+            for s in self.store.usage_sums(start):
+                rows.append(
+                    (period, start, s.tenant, s.workflow, Amount(s.tokens, s.cost_micros, s.requests))
+                )
+        self.book.load(rows)
+
+    def start_watching(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                version = await asyncio.to_thread(self.store.config_version)
+                if version != self.snapshot.version:
+                    await self.reload()
+            except Exception:
+                log.exception("reloading the governance configuration failed")
+
+    async def reload(self) -> None:
+        """Re-read tenants, keys, budgets and prices."""
+        self.snapshot = await asyncio.to_thread(PolicySnapshot.load, self.store)
+        self._update_budget_gauges()
+
+    def reload_soon(self) -> None:
+        """Reload now from a worker thread (the admin API's writes), or at the next watcher tick."""
+        self.snapshot = PolicySnapshot.load(self.store)
+
+    async def close(self) -> None:
+        """Stop watching and commit everything queued."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await asyncio.to_thread(self.writer.close)
+        self.store.close()
+
+    # -- identity ------------------------------------------------------------------------------------
+
+    def authenticate(self, headers: Mapping[str, str], protocol: str, request_id: str) -> Principal:
+        """The principal of the presented key, or Unauthenticated (audited, counted)."""
+        presented = keys.presented_key(headers)
+        if presented is None:
+            self._auth_failure("missing", "", protocol, request_id)
+            raise Unauthenticated(
+                "missing API key: send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header"
+            )
+        key_id = keys.key_id_of(presented)
+        record = self.snapshot.keys.get(key_id) if key_id else None
+        if not keys.matches(presented, record.key_hash if record else None) or record is None:
+            self._auth_failure("invalid", key_id or "", protocol, request_id)
+            raise Unauthenticated("invalid API key")
+        if record.disabled:
+            self._auth_failure("disabled", record.key_id, protocol, request_id, record.tenant)
+            raise Unauthenticated(f"API key {record.key_id} is disabled")
+        if record.expires_at is not None and self.clock() >= record.expires_at:
+            self._auth_failure("expired", record.key_id, protocol, request_id, record.tenant)
+            raise Unauthenticated(f"API key {record.key_id} has expired")
+        tenant = self.snapshot.tenants.get(record.tenant)
+        if tenant is None or tenant.disabled:
+            self._auth_failure("tenant_disabled", record.key_id, protocol, request_id, record.tenant)
+            raise Unauthenticated(f"tenant {record.tenant!r} is disabled")
+        return Principal(record.tenant, record.key_id, frozenset(record.roles), record.models)
+
+    def _auth_failure(
+        self, reason: str, key_id: str, protocol: str, request_id: str, tenant: str = ""
+    ) -> None:
+        self.metrics.rejections.labels(tenant, "auth").inc()
+        self.audit(
+            AuditEntry(
+                self.clock(),
+                "auth.failure",
+                tenant,
+                key_id,
+                protocol,
+                reason,
+                request_id,
+            )
+        )
+
+    # -- admission -----------------------------------------------------------------------------------
+
+    def ceiling(self, principal: Principal) -> int | None:
+        """The per-request completion-token ceiling of the key and its tenant (the lower one)."""
+        caps = [
+            lim.max_tokens
+            for lim in (self._key_limits(principal), self._tenant(principal).limits)
+            if lim.max_tokens is not None
+        ]
+        return min(caps) if caps else None
+
+    def _tenant(self, principal: Principal) -> Tenant:
+        return self.snapshot.tenants.get(principal.tenant) or Tenant(principal.tenant)
+
+    def _key_limits(self, principal: Principal) -> Limits:
+        key: ApiKey | None = self.snapshot.keys.get(principal.key_id)
+        return key.limits if key is not None else Limits()
+
+    def admit(self, ctx: CallContext, model: str, version: str, demand: Demand, workflow: str) -> Lease:
+        """Check every limit and budget and reserve `demand`, or raise RateLimited / QuotaExceeded
+        (nothing is taken from any limit when one refuses)."""
+        now = self.clock()
+        principal = ctx.principal
+        tenant = self._tenant(principal)
+        checks = [
+            _Check("key:" + principal.key_id, self._key_limits(principal)),
+            _Check("tenant:" + principal.tenant, tenant.limits),
+        ]
+        tokens = demand.tokens
+        for check in checks:
+            lim = check.limits
+            if lim.max_concurrent is not None and self.concurrency.current(check.owner) >= lim.max_concurrent:
+                self._refuse(ctx, model, "concurrency")
+                raise RateLimited(
+                    f"too many concurrent requests for {_owner_words(check.owner)}: the limit is "
+                    f"{lim.max_concurrent}",
+                    "concurrent_requests_exceeded",
+                    1.0,
+                )
+            if lim.rpm is not None:
+                check.requests = self.buckets.get(check.owner, "requests", lim.rpm, now)
+            if lim.tpm is not None and tokens:
+                check.tokens = self.buckets.get(check.owner, "tokens", lim.tpm, now)
+        for check in checks:
+            for kind, bucket, amount in (("requests", check.requests, 1), ("tokens", check.tokens, tokens)):
+                if bucket is None:
+                    continue
+                if not bucket.fits(amount, now):
+                    wait = bucket.wait_s(amount, now)
+                    self._refuse(ctx, model, "rate_limit")
+                    unit = "requests" if kind == "requests" else "tokens"
+                    if wait == float("inf"):
+                        message = (
+                            f"request too large for {_owner_words(check.owner)}: it needs {amount} tokens "
+                            f"(prompt + max_tokens) and the limit is {bucket.capacity} tokens per minute; "
+                            "lower max_tokens"
+                        )
+                        wait = 60.0
+                    else:
+                        message = (
+                            f"rate limit reached for {_owner_words(check.owner)}: {bucket.capacity} {unit} "
+                            f"per minute; retry in {wait:.2f}s"
+                        )
+                    states = self._limit_states(checks, now)
+                    raise RateLimited(message, f"{kind}_per_minute_exceeded", wait, states)
+        price = self.snapshot.price(model)
+        reserve = Amount(
+            tokens,
+            price.cost_micros(demand.prompt_tokens, demand.completion_tokens, demand.inferences),
+            1,
+        )
+        budgets = self.snapshot.budgets.get(principal.tenant, ())
+        refusal = self.book.check(principal.tenant, workflow, budgets, reserve, now)
+        if refusal is not None:
+            b = refusal.budget
+            scope = f"workflow {workflow!r} of tenant" if b.scope == "workflow" else "tenant"
+            unit = {"tokens": "tokens", "cost": "micro-units of cost", "requests": "requests"}[
+                refusal.dimension
+            ]
+            reason = "workflow" if b.scope == "workflow" else "budget"
+            self._refuse(ctx, model, reason)
+            raise QuotaExceeded(
+                f"{b.period} {refusal.dimension} budget of {scope} {principal.tenant!r} exhausted: "
+                f"{refusal.used} settled + {refusal.in_flight} in flight + {refusal.asked} for this request "
+                f"> {refusal.cap} {unit}",
+                "workflow_quota_exceeded" if b.scope == "workflow" else "budget_exceeded",
+            )
+        # Everything fits: take.
+        buckets: list[TokenBucket] = []
+        for check in checks:
+            if check.requests is not None:
+                check.requests.take(1, now)
+            if check.tokens is not None:
+                check.tokens.take(tokens, now)
+                buckets.append(check.tokens)
+            self.concurrency.enter(check.owner)
+        ctx.limits = self._limit_states(checks, now)
+        reservation = self.book.reserve(principal.tenant, workflow, reserve, now)
+        return Lease(
+            ctx,
+            model,
+            version,
+            workflow,
+            demand,
+            reservation,
+            buckets,
+            [c.owner for c in checks],
+            time.perf_counter(),
+            self._retry_of(ctx),
+        )
+
+    def _limit_states(self, checks: list[_Check], now: float) -> dict[str, LimitState]:
+        """The tighter of the key's and the tenant's state per kind (what the headers report)."""
+        states: dict[str, LimitState] = {}
+        for check in checks:
+            for kind, bucket in (("requests", check.requests), ("tokens", check.tokens)):
+                if bucket is None:
+                    continue
+                state = bucket.state(now)
+                if kind not in states or state.remaining < states[kind].remaining:
+                    states[kind] = state
+        return states
+
+    def _retry_of(self, ctx: CallContext) -> str:
+        declared = ctx.headers.get("x-inferd-retry-of", "")
+        if declared:
+            return declared[:128]
+        key = ctx.headers.get("idempotency-key", "")
+        if not key:
+            return ""
+        slot = (ctx.principal.tenant, key[:256])
+        first = self._idempotency.get(slot)
+        if first is None:
+            self._idempotency[slot] = ctx.request_id
+            if len(self._idempotency) > IDEMPOTENCY_MEMORY:
+                self._idempotency.popitem(last=False)
+            return ""
+        return first
+
+    def _refuse(self, ctx: CallContext, model: str, reason: str) -> None:
+        self.metrics.rejections.labels(ctx.principal.tenant, reason).inc()
+        self.audit(
+            AuditEntry(
+                self.clock(),
+                "limit.refused",
+                ctx.principal.tenant,
+                ctx.principal.key_id,
+                model,
+                reason,
+                ctx.request_id,
+            )
+        )
+
+    # -- settlement ----------------------------------------------------------------------------------
+
+    async def settle(
+        self,
+        lease: Lease,
+        consumed: Consumed,
+        exc: BaseException | None,
+        payload: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Settle the lease with what the request used and wait until its ledger row is durable; returns
+        the cost in micro-units. Limits and budgets are released before the first await, so a cancelled
+        caller (client gone) still frees them."""
+        if lease.settled:
+            return 0
+        lease.settled = True
+        now = self.clock()
+        ctx = lease.ctx
+        principal = ctx.principal
+        # Never more than reserved: the guarantee that settled usage stays within budgets.
+        prompt = min(consumed.prompt_tokens, lease.demand.prompt_tokens)
+        completion = min(consumed.completion_tokens, lease.demand.completion_tokens)
+        inferences = min(consumed.inferences, lease.demand.inferences)
+        cost = self.snapshot.price(lease.model).cost_micros(prompt, completion, inferences)
+        cost = min(cost, lease.reservation.amount.cost_micros)
+        self.book.settle(lease.reservation, Amount(prompt + completion, cost, 1), now)
+        unused = lease.demand.tokens - (prompt + completion)
+        for bucket in lease.token_buckets:
+            bucket.give_back(unused, now)
+        for owner in lease.owners:
+            self.concurrency.leave(owner)
+        ctx.cost_micros = cost
+        status = status_of(exc)
+        latency_ms = (time.perf_counter() - lease.started) * 1000.0
+        row = UsageRow(
+            ctx.request_id, now, principal.tenant, principal.key_id, lease.workflow, lease.model,
+            lease.version, ctx.protocol, prompt, completion, consumed.cached_tokens, cost, status,
+            round(latency_ms, 3), ctx.headers.get("idempotency-key", "")[:256], lease.retry_of,
+        )  # fmt: skip
+        m = self.metrics
+        tenant, model = principal.tenant, lease.model
+        if prompt:
+            m.tokens.labels(tenant, model, "prompt").inc(prompt)
+        if completion:
+            m.tokens.labels(tenant, model, "completion").inc(completion)
+        if consumed.cached_tokens:
+            m.tokens.labels(tenant, model, "cached").inc(consumed.cached_tokens)
+        if cost:
+            m.cost.labels(tenant, model).inc(cost / MICROS)
+        if lease.retry_of:
+            m.retries.labels(tenant).inc()
+        self._update_budget_gauges(tenant)
+        detail: dict[str, Any] = {
+            "model": lease.model,
+            "version": lease.version,
+            "workflow": lease.workflow,
+            "status": status,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "latency_ms": row.latency_ms,
+        }
+        policy = self._tenant(principal).payload_logging
+        if payload and policy != "none":
+            detail["request"] = payload.get("metadata", {})
+            if policy == "full":
+                detail["payload"] = payload.get("full", {})
+        entry = AuditEntry(now, "inference", tenant, principal.key_id, lease.model, status, ctx.request_id,
+                           detail)  # fmt: skip
+        await self.writer.write([row], [entry])
+        return cost
+
+    def release(self, lease: Lease) -> None:
+        """Free a lease without a ledger row (the request was refused before any work, e.g. by a
+        validation error raised while admitting)."""
+        if lease.settled:
+            return
+        lease.settled = True
+        self.book.release(lease.reservation)
+        now = self.clock()
+        for bucket in lease.token_buckets:
+            bucket.give_back(lease.demand.tokens, now)
+        for owner in lease.owners:
+            self.concurrency.leave(owner)
+
+    def payload_policy(self, principal: Principal) -> str:
+        return self._tenant(principal).payload_logging
+
+    def _update_budget_gauges(self, only_tenant: str | None = None) -> None:
+        now = self.clock()
+        for tenant, budgets in self.snapshot.budgets.items():
+            if only_tenant is not None and tenant != only_tenant:
+                continue
+            remaining: dict[str, int] = {}
+            for b in budgets:
+                if b.scope != "tenant":
+                    continue
+                used = self.book.settled(tenant, "", b.period, now)
+                for kind, cap, u in (
+                    ("tokens", b.max_tokens, used.tokens),
+                    ("cost", b.max_cost_micros, used.cost_micros),
+                    ("requests", b.max_requests, used.requests),
+                ):
+                    if cap is not None:
+                        remaining[kind] = min(remaining.get(kind, cap - u), cap - u)
+            for kind, value in remaining.items():
+                scaled = value / MICROS if kind == "cost" else value
+                self.metrics.budget_remaining.labels(tenant, kind).set(scaled)
+
+    # -- audit ---------------------------------------------------------------------------------------
+
+    def audit(self, entry: AuditEntry) -> None:
+        """Append an audit entry nobody waits for (committed with the next group)."""
+        self.writer.write_nowait((), (entry,))
+
+    def budget_status(self, tenant: str) -> list[dict[str, Any]]:
+        """Each budget of the tenant with its settled and in-flight usage now."""
+        now = self.clock()
+        out = []
+        for b in self.snapshot.budgets.get(tenant, ()):
+            if b.scope == "workflow":
+                out.append({**b.describe(), "note": "applies to each workflow separately"})
+                continue
+            used = self.book.settled(tenant, "", b.period, now)
+            held = self.book.reserved(tenant, "", b.period, now)
+            out.append(
+                {
+                    **b.describe(),
+                    "used_tokens": used.tokens,
+                    "used_cost": used.cost_micros / MICROS,
+                    "used_requests": used.requests,
+                    "in_flight_tokens": held.tokens,
+                    "resets_at": period_end(b.period, now),
+                }
+            )
+        return out
+
+
+def _owner_words(owner: str) -> str:
+    kind, _, name = owner.partition(":")
+    return f"API key {name}" if kind == "key" else f"tenant {name!r}"
+
+
+def ensure_admin_key(
+    store: SqliteStore, state_dir: Path, clock: Callable[[], float] = time.time
+) -> str | None:
+    """On first start (no admin key in the store), create the admin tenant and key, write the key to
+    `<state_dir>/admin.key` (mode 0600) and return it so the caller can print it once."""
+    if any("admin" in k.roles for k in store.api_keys()):
+        return None
+    now = clock()
+    if ADMIN_TENANT not in {t.name for t in store.tenants()}:
+        store.put_tenant(Tenant(ADMIN_TENANT, created=now))
+    key_id, key = keys.generate_key()
+    store.put_key(
+        ApiKey(key_id, ADMIN_TENANT, keys.hash_key(key), frozenset({"admin", "user"}), ("*",),
+               name="bootstrap admin key", created=now),
+        AuditEntry(now, "admin.bootstrap", ADMIN_TENANT, key_id, key_id),
+    )  # fmt: skip
+    path = state_dir / ADMIN_KEY_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    os.chmod(path, 0o600)
+    return key
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The machine-readable code of a governance refusal, if `exc` is one."""
+    if isinstance(exc, (RateLimited, QuotaExceeded)):
+        return exc.code
+    if isinstance(exc, Unauthenticated):
+        return "invalid_api_key"
+    if isinstance(exc, InferdError):
+        return None
+    return None

@@ -1,0 +1,54 @@
+"""API keys: generation, hashing, and the constant-time check of a presented key.
+
+A key reads `ik_<key id>_<secret>`: the key id (12 hex digits) is public and indexes the stored record; the
+secret (32 random bytes, URL-safe base64) never leaves the response that created the key. The store keeps
+only the SHA-256 of the whole key (a fast hash suffices for 256-bit random secrets), and a presented key is
+compared with `hmac.compare_digest`, also against a dummy hash when the key id is unknown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+
+PREFIX = "ik"
+KEY_ID_HEX = 12
+_DUMMY_HASH = hashlib.sha256(b"inferd-dummy-key").hexdigest()
+
+
+def generate_key() -> tuple[str, str]:
+    """A new (key id, key) pair from the OS's secure random source."""
+    key_id = secrets.token_hex(KEY_ID_HEX // 2)
+    return key_id, f"{PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def key_id_of(key: str) -> str | None:
+    """The key id a presented key claims, or None when it is not shaped like an inferd key."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != PREFIX or len(parts[1]) != KEY_ID_HEX or not parts[2]:
+        return None
+    return parts[1]
+
+
+def matches(key: str, stored_hash: str | None) -> bool:
+    """Constant-time comparison of a presented key with a stored hash (None: compare with a dummy)."""
+    ok = hmac.compare_digest(hash_key(key), stored_hash or _DUMMY_HASH)
+    return ok and stored_hash is not None
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key from `Authorization: Bearer <key>` or `x-api-key`, else None."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return auth.strip()  # a bare key, or an unsupported scheme: checked (and refused) as a key
+    key = headers.get("x-api-key")
+    return key.strip() if key else None

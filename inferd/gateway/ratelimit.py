@@ -1,0 +1,96 @@
+"""Per-minute rate limits as token buckets, and concurrency counters.
+
+A limit of N per minute is a bucket of capacity N refilled at N/60 per second: a burst of N passes, then
+the rate is N per minute. `remaining` and `reset` mirror OpenAI's `x-ratelimit-*` headers (reset = seconds
+until the bucket is full again). Checking and taking are separate so a request that any limit refuses
+takes nothing from the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from inferd.errors import LimitState
+
+
+@dataclass
+class TokenBucket:
+    """`capacity` units refilled over 60 seconds."""
+
+    capacity: int
+    level: float
+    updated: float
+
+    @classmethod
+    def full(cls, capacity: int, now: float) -> TokenBucket:
+        return cls(capacity, float(capacity), now)
+
+    def _refill(self, now: float) -> None:
+        if now > self.updated:
+            self.level = min(float(self.capacity), self.level + (now - self.updated) * self.capacity / 60.0)
+            self.updated = now
+
+    def fits(self, amount: int, now: float) -> bool:
+        self._refill(now)
+        return amount <= self.level + 1e-9
+
+    def wait_s(self, amount: int, now: float) -> float:
+        """Seconds until `amount` fits (infinite when it never can)."""
+        self._refill(now)
+        if amount > self.capacity:
+            return float("inf")
+        missing = amount - self.level
+        return 0.0 if missing <= 0 else missing * 60.0 / self.capacity
+
+    def take(self, amount: int, now: float) -> None:
+        self._refill(now)
+        self.level -= amount
+
+    def give_back(self, amount: int, now: float) -> None:
+        self._refill(now)
+        self.level = min(float(self.capacity), self.level + amount)
+
+    def state(self, now: float) -> LimitState:
+        self._refill(now)
+        level = max(self.level, 0.0)
+        return LimitState(self.capacity, int(level), (self.capacity - level) * 60.0 / self.capacity)
+
+
+class Buckets:
+    """Token buckets by (owner, kind), created full on first use and resized when a limit changes."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+
+    def get(self, owner: str, kind: str, capacity: int, now: float) -> TokenBucket:
+        bucket = self._buckets.get((owner, kind))
+        if bucket is None:
+            bucket = self._buckets[(owner, kind)] = TokenBucket.full(capacity, now)
+        elif bucket.capacity != capacity:
+            bucket._refill(now)
+            bucket.level = min(bucket.level, float(capacity))
+            bucket.capacity = capacity
+        return bucket
+
+
+class Concurrency:
+    """Requests in flight per owner."""
+
+    def __init__(self) -> None:
+        self._count: dict[str, int] = {}
+
+    def current(self, owner: str) -> int:
+        return self._count.get(owner, 0)
+
+    def enter(self, owner: str) -> None:
+        self._count[owner] = self._count.get(owner, 0) + 1
+
+    def leave(self, owner: str) -> None:
+        n = self._count.get(owner, 0) - 1
+        if n > 0:
+            self._count[owner] = n
+        else:
+            self._count.pop(owner, None)
+
+    def total(self) -> int:
+        return sum(self._count.values())

@@ -1,0 +1,45 @@
+"""Response headers that report limits and spend: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
+(OpenAI's names), `retry-after`, and `x-inferd-cost`. Shared by every HTTP transport (and gRPC metadata)."""
+
+from __future__ import annotations
+
+import math
+
+from inferd.errors import LimitState, RateLimited, ResourceExhausted
+from inferd.gateway.context import CallContext
+from inferd.store.records import MICROS
+
+
+def _reset(seconds: float) -> str:
+    """OpenAI's duration format: `1s`, `6m0s`, `250ms`."""
+    if seconds < 1.0:
+        return f"{max(math.ceil(seconds * 1000), 0)}ms"
+    minutes, secs = divmod(math.ceil(seconds), 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def limit_headers(limits: dict[str, LimitState]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for kind, state in limits.items():
+        headers[f"x-ratelimit-limit-{kind}"] = str(state.limit)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(state.remaining)
+        headers[f"x-ratelimit-reset-{kind}"] = _reset(state.reset_s)
+    return headers
+
+
+def error_headers(exc: BaseException) -> dict[str, str]:
+    """`retry-after` for retryable refusals, plus the limit state of a rate limit."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, ResourceExhausted):
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, RateLimited):
+        headers.update(limit_headers(exc.limits))
+    return headers
+
+
+def success_headers(ctx: CallContext) -> dict[str, str]:
+    """Request id, limit state after admission, and the settled cost when known."""
+    headers = {"x-request-id": ctx.request_id, **limit_headers(ctx.limits)}
+    if ctx.cost_micros is not None:
+        headers["x-inferd-cost"] = f"{ctx.cost_micros / MICROS:.6f}"
+    return headers

@@ -1,0 +1,1 @@
+"""Persistence behind small interfaces: governance records, the usage ledger and the audit log (SQLite)."""

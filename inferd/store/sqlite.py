@@ -1,0 +1,363 @@
+"""The governance store on SQLite (WAL): configuration records, ledger queries, and the append path.
+
+One connection guarded by a lock serves configuration reads and writes and queries (admin operations, the
+CLI); the request path never touches it. Ledger and audit appends come from the group-commit writer
+(`writer.py`), which opens its own connection with `append_connection`. WAL with `synchronous=NORMAL`: a
+committed transaction is in the OS's hands before `commit` returns, so a killed process (SIGKILL) loses
+nothing committed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from inferd.store.migrations import migrate
+from inferd.store.records import (
+    ApiKey,
+    AuditEntry,
+    Budget,
+    Limits,
+    Price,
+    Role,
+    Tenant,
+    UsageRow,
+)
+
+DB_NAME = "inferd.db"
+UsageGroup = Literal["model", "workflow", "day", "key", "tenant"]
+USAGE_GROUPS: tuple[UsageGroup, ...] = ("model", "workflow", "day", "key", "tenant")
+_GROUP_SQL: dict[UsageGroup, str] = {
+    "model": "model",
+    "workflow": "workflow",
+    "day": "date(time, 'unixepoch')",
+    "key": "key_id",
+    "tenant": "tenant",
+}
+_USAGE_COLUMNS = (
+    "request_id, time, tenant, key_id, workflow, model, version, protocol, prompt_tokens, "
+    "completion_tokens, cached_tokens, cost_micros, status, latency_ms, idempotency_key, retry_of"
+)
+_AUDIT_COLUMNS = "time, action, tenant, key_id, target, outcome, request_id, detail"
+
+
+@dataclass(frozen=True)
+class UsageSums:
+    """Settled usage of one tenant and workflow since some time."""
+
+    tenant: str
+    workflow: str
+    tokens: int
+    cost_micros: int
+    requests: int
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection with the pragmas every inferd connection uses."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def usage_params(row: UsageRow) -> tuple[Any, ...]:
+    return (
+        row.request_id, row.time, row.tenant, row.key_id, row.workflow, row.model, row.version,
+        row.protocol, row.prompt_tokens, row.completion_tokens, row.cached_tokens, row.cost_micros,
+        row.status, row.latency_ms, row.idempotency_key, row.retry_of,
+    )  # fmt: skip
+
+
+def audit_params(entry: AuditEntry) -> tuple[Any, ...]:
+    return (
+        entry.time, entry.action, entry.tenant, entry.key_id, entry.target, entry.outcome,
+        entry.request_id, orjson.dumps(entry.detail).decode(),
+    )  # fmt: skip
+
+
+INSERT_USAGE = f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+INSERT_AUDIT = f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES ({', '.join('?' * 8)})"
+
+
+def append(conn: sqlite3.Connection, usage: Sequence[UsageRow], audit: Sequence[AuditEntry]) -> None:
+    """Append ledger rows and audit entries in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if usage:
+            conn.executemany(INSERT_USAGE, [usage_params(r) for r in usage])
+        if audit:
+            conn.executemany(INSERT_AUDIT, [audit_params(e) for e in audit])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _limits(row: sqlite3.Row) -> Limits:
+    return Limits(row["rpm"], row["tpm"], row["max_concurrent"], row["max_tokens"])
+
+
+def _roles(text: str) -> frozenset[Role]:
+    roles: set[Role] = set()
+    for r in text.split(","):
+        if r == "admin":
+            roles.add("admin")
+        elif r == "user":
+            roles.add("user")
+    return frozenset(roles)
+
+
+class SqliteStore:
+    """Governance state in `<state_dir>/inferd.db`."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / DB_NAME
+        self._conn = connect(self.path)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self.schema_version = migrate(self._conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def append_connection(self) -> sqlite3.Connection:
+        """A new connection for the ledger writer's thread."""
+        return connect(self.path)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._conn.execute(sql, params).fetchall())
+
+    def config_version(self) -> int:
+        """Bumped by every change to tenants, keys, budgets or prices, from any process."""
+        with self._lock:
+            return int(self._conn.execute("SELECT version FROM config_version").fetchone()[0])
+
+    # -- tenants -------------------------------------------------------------------------------------
+
+    def put_tenant(self, tenant: Tenant, audit: AuditEntry | None = None) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO tenants (name, rpm, tpm, max_concurrent, max_tokens, payload_logging, "
+                "disabled, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "rpm=excluded.rpm, tpm=excluded.tpm, max_concurrent=excluded.max_concurrent, "
+                "max_tokens=excluded.max_tokens, payload_logging=excluded.payload_logging, "
+                "disabled=excluded.disabled",
+                (
+                    tenant.name, tenant.limits.rpm, tenant.limits.tpm, tenant.limits.max_concurrent,
+                    tenant.limits.max_tokens, tenant.payload_logging, int(tenant.disabled), tenant.created,
+                ),
+            )  # fmt: skip
+            _audit(c, audit)
+
+    def delete_tenant(self, name: str, audit: AuditEntry | None = None) -> bool:
+        with self._tx() as c:
+            deleted = c.execute("DELETE FROM tenants WHERE name = ?", (name,)).rowcount > 0
+            _audit(c, audit)
+        return deleted
+
+    def tenants(self) -> list[Tenant]:
+        return [
+            Tenant(r["name"], _limits(r), r["payload_logging"], bool(r["disabled"]), r["created"])
+            for r in self._query("SELECT * FROM tenants ORDER BY name")
+        ]
+
+    # -- keys ----------------------------------------------------------------------------------------
+
+    def put_key(self, key: ApiKey, audit: AuditEntry | None = None) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO api_keys (key_id, tenant, key_hash, roles, models, rpm, tpm, "
+                "max_concurrent, max_tokens, expires_at, disabled, name, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.key_id, key.tenant, key.key_hash, ",".join(sorted(key.roles)),
+                    orjson.dumps(list(key.models)).decode(), key.limits.rpm, key.limits.tpm,
+                    key.limits.max_concurrent, key.limits.max_tokens, key.expires_at, int(key.disabled),
+                    key.name, key.created,
+                ),
+            )  # fmt: skip
+            _audit(c, audit)
+
+    def delete_key(self, key_id: str, audit: AuditEntry | None = None) -> bool:
+        with self._tx() as c:
+            deleted = c.execute("DELETE FROM api_keys WHERE key_id = ?", (key_id,)).rowcount > 0
+            _audit(c, audit)
+        return deleted
+
+    def api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        sql: str = "SELECT * FROM api_keys"
+        params: tuple[str, ...] = ()
+        if tenant is not None:
+            sql, params = sql + " WHERE tenant = ?", (tenant,)
+        return [
+            ApiKey(
+                r["key_id"], r["tenant"], r["key_hash"], _roles(r["roles"]),
+                tuple(orjson.loads(r["models"])), _limits(r), r["expires_at"], bool(r["disabled"]),
+                r["name"], r["created"],
+            )
+            for r in self._query(sql + " ORDER BY created, key_id", params)
+        ]  # fmt: skip
+
+    # -- budgets and prices --------------------------------------------------------------------------
+
+    def put_budget(self, budget: Budget, audit: AuditEntry | None = None) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO budgets (tenant, scope, period, max_tokens, max_cost_micros, "
+                "max_requests) VALUES (?, ?, ?, ?, ?, ?)",
+                (budget.tenant, budget.scope, budget.period, budget.max_tokens, budget.max_cost_micros,
+                 budget.max_requests),
+            )  # fmt: skip
+            _audit(c, audit)
+
+    def delete_budget(self, tenant: str, scope: str, period: str, audit: AuditEntry | None = None) -> bool:
+        with self._tx() as c:
+            deleted = (
+                c.execute(
+                    "DELETE FROM budgets WHERE tenant = ? AND scope = ? AND period = ?",
+                    (tenant, scope, period),
+                ).rowcount
+                > 0
+            )
+            _audit(c, audit)
+        return deleted
+
+    def budgets(self, tenant: str | None = None) -> list[Budget]:
+        sql: str = "SELECT * FROM budgets"
+        params: tuple[str, ...] = ()
+        if tenant is not None:
+            sql, params = sql + " WHERE tenant = ?", (tenant,)
+        return [
+            Budget(r["tenant"], r["scope"], r["period"], r["max_tokens"], r["max_cost_micros"],
+                   r["max_requests"])
+            for r in self._query(sql + " ORDER BY tenant, scope, period", params)
+        ]  # fmt: skip
+
+    def put_price(self, price: Price, audit: AuditEntry | None = None) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO prices (model, prompt_per_1k_micros, completion_per_1k_micros, "
+                "per_inference_micros) VALUES (?, ?, ?, ?)",
+                (price.model, price.prompt_per_1k_micros, price.completion_per_1k_micros,
+                 price.per_inference_micros),
+            )  # fmt: skip
+            _audit(c, audit)
+
+    def delete_price(self, model: str, audit: AuditEntry | None = None) -> bool:
+        with self._tx() as c:
+            deleted = c.execute("DELETE FROM prices WHERE model = ?", (model,)).rowcount > 0
+            _audit(c, audit)
+        return deleted
+
+    def prices(self) -> list[Price]:
+        return [
+            Price(r["model"], r["prompt_per_1k_micros"], r["completion_per_1k_micros"],
+                  r["per_inference_micros"])
+            for r in self._query("SELECT * FROM prices ORDER BY model")
+        ]  # fmt: skip
+
+    # -- ledger and audit ----------------------------------------------------------------------------
+
+    def append(self, usage: Sequence[UsageRow], audit: Sequence[AuditEntry]) -> None:
+        with self._lock:
+            append(self._conn, usage, audit)
+
+    def usage_sums(self, since: float) -> list[UsageSums]:
+        """Settled usage per tenant and workflow from `since` (unix time) on: rebuilds budgets at start."""
+        return [
+            UsageSums(r[0], r[1], int(r[2]), int(r[3]), int(r[4]))
+            for r in self._query(
+                "SELECT tenant, workflow, SUM(prompt_tokens + completion_tokens), SUM(cost_micros), "
+                "COUNT(*) FROM usage WHERE time >= ? GROUP BY tenant, workflow",
+                (since,),
+            )
+        ]
+
+    def usage_rows(self, tenant: str | None = None, since: float = 0.0, limit: int = 1000) -> list[UsageRow]:
+        where, params = _where(tenant, since)
+        rows = self._query(
+            f"SELECT {_USAGE_COLUMNS} FROM usage {where} ORDER BY id LIMIT ?", (*params, limit)
+        )
+        return [UsageRow(*tuple(r)) for r in rows]
+
+    def usage_report(
+        self, by: UsageGroup, tenant: str | None = None, since: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """Usage summed per group (model, workflow, day, key or tenant)."""
+        where, params = _where(tenant, since)
+        group = _GROUP_SQL[by]
+        rows = self._query(
+            f"SELECT {group} AS grp, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), "
+            "SUM(cached_tokens), SUM(cost_micros), SUM(status != 'ok'), "
+            "SUM(retry_of != ''), AVG(latency_ms) "
+            f"FROM usage {where} GROUP BY grp ORDER BY grp",
+            params,
+        )
+        return [
+            {
+                by: r[0],
+                "requests": int(r[1]),
+                "prompt_tokens": int(r[2]),
+                "completion_tokens": int(r[3]),
+                "cached_tokens": int(r[4]),
+                "cost_micros": int(r[5]),
+                "errors": int(r[6]),
+                "retries": int(r[7]),
+                "retry_rate": int(r[7]) / int(r[1]),
+                "mean_latency_ms": round(float(r[8]), 3),
+            }
+            for r in rows
+        ]
+
+    def audit_entries(
+        self,
+        tenant: str | None = None,
+        since: float = 0.0,
+        action: str | None = None,
+        limit: int = 1000,
+    ) -> list[AuditEntry]:
+        where, params = _where(tenant, since)
+        if action:
+            where += " AND action LIKE ?"
+            params = (*params, action.replace("*", "%"))
+        rows = self._query(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit {where} ORDER BY id DESC LIMIT ?", (*params, limit)
+        )
+        return [
+            AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7])) for r in reversed(rows)
+        ]
+
+
+def _where(tenant: str | None, since: float) -> tuple[str, tuple[Any, ...]]:
+    if tenant is None:
+        return "WHERE time >= ?", (since,)
+    return "WHERE tenant = ? AND time >= ?", (tenant, since)
+
+
+def _audit(conn: sqlite3.Connection, entry: AuditEntry | None) -> None:
+    if entry is not None:
+        conn.execute(INSERT_AUDIT, audit_params(entry))
