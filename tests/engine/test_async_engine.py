@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -98,3 +99,29 @@ async def test_a_crash_fails_open_streams_and_later_requests() -> None:
             await engine.generate([3], SamplingParams(max_tokens=2))
     finally:
         await asyncio.to_thread(engine.close)
+
+
+async def test_build_runs_on_the_engine_thread() -> None:
+    threads: list[threading.Thread] = []
+
+    def build() -> FakeEngine:
+        threads.append(threading.current_thread())
+        return FakeEngine()
+
+    engine = AsyncLLMEngine(None, tokenizer(), build=build)
+    try:
+        assert threads == [engine._thread]
+        stream = await engine.generate([3, 4], SamplingParams(max_tokens=2))
+        assert [c.token_ids for c in [c async for c in stream]] == [(2,), (2,)]
+    finally:
+        await asyncio.to_thread(engine.close)
+
+
+def test_a_failing_build_is_raised_and_leaves_no_thread() -> None:
+    def build() -> FakeEngine:
+        raise RuntimeError("no weights")
+
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="no weights"):
+        AsyncLLMEngine(None, tokenizer(), build=build)
+    assert threading.active_count() == before
