@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from inferd.loadgen.auth import add_api_key_argument, auth_headers
 from inferd.loadgen.shape import check_load_shape
 from inferd.loadgen.stats import LatencySummary, summarize
 from inferd.loadgen.v2 import run_sync
@@ -74,6 +75,8 @@ class OpenAIBenchOptions:
     """Seed of the prompts and of the arrival process."""
     progress: bool = False
     """Print a progress line on stderr."""
+    api_key: str | None = None
+    """Sent as `Authorization: Bearer`."""
 
     def __post_init__(self) -> None:
         check_load_shape(self.concurrency, self.rate)
@@ -308,7 +311,7 @@ async def run_openai(opts: OpenAIBenchOptions) -> OpenAIBenchResult:
     connections = (opts.concurrency or 1) if closed else 0  # 0: no limit in aiohttp
     timeout = aiohttp.ClientTimeout(total=opts.timeout_s)
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=connections), timeout=timeout
+        connector=aiohttp.TCPConnector(limit=connections), timeout=timeout, headers=auth_headers(opts.api_key)
     ) as session:
         for i in range(opts.warmup_requests):
             first = await _one(session, opts, warmups[i], time.perf_counter())
@@ -416,6 +419,7 @@ def add_openai_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
     parser.add_argument("--seed", type=int, default=0, help="seed of prompts and arrivals")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_api_key_argument(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> OpenAIBenchOptions:
@@ -433,6 +437,7 @@ def options_from_args(args: argparse.Namespace) -> OpenAIBenchOptions:
         timeout_s=args.timeout,
         seed=args.seed,
         progress=not args.json and sys.stderr.isatty(),
+        api_key=args.api_key,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from inferd.loadgen.auth import add_api_key_argument
 from inferd.loadgen.progress import Progress
 from inferd.loadgen.shape import check_load_shape
 from inferd.loadgen.stats import Recorder, RunStats
@@ -72,6 +73,8 @@ class V2BenchOptions:
     """Seed of the input data and of the arrival process."""
     progress: bool = False
     """Draw a progress bar on stderr."""
+    api_key: str | None = None
+    """Sent as `Authorization: Bearer` (REST header, gRPC metadata)."""
 
     def __post_init__(self) -> None:
         check_load_shape(self.concurrency, self.rate)
@@ -129,7 +132,9 @@ async def run_v2(opts: V2BenchOptions) -> V2BenchResult:
     concurrency = opts.concurrency or 1
     sender: Sender
     if opts.grpc:
-        sender = GrpcSender(opts.url, opts.model, opts.model_version, timeout_s=opts.timeout_s)
+        sender = GrpcSender(
+            opts.url, opts.model, opts.model_version, timeout_s=opts.timeout_s, api_key=opts.api_key
+        )
     else:
         connections = concurrency if closed else opts.max_connections
         sender = RestSender(
@@ -139,6 +144,7 @@ async def run_v2(opts: V2BenchOptions) -> V2BenchResult:
             binary=opts.binary,
             timeout_s=opts.timeout_s,
             connections=connections,
+            api_key=opts.api_key,
         )
     try:
         try:
@@ -263,6 +269,7 @@ def add_v2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs and arrivals")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_api_key_argument(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> V2BenchOptions:
@@ -280,6 +287,7 @@ def options_from_args(args: argparse.Namespace) -> V2BenchOptions:
         timeout_s=args.timeout,
         seed=args.seed,
         progress=not args.json and sys.stderr.isatty(),
+        api_key=args.api_key,
     )
 
 

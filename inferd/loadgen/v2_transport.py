@@ -10,6 +10,7 @@ import json
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from inferd.loadgen.auth import auth_headers
 from inferd.loadgen.v2_inputs import (
     ModelMeta,
     binary_body,
@@ -62,6 +63,7 @@ class RestSender:
         binary: bool,
         timeout_s: float,
         connections: int,
+        api_key: str | None = None,
     ) -> None:
         import aiohttp
 
@@ -80,6 +82,7 @@ class RestSender:
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             auto_decompress=False,
+            headers=auth_headers(api_key),
         )
         self.body = b""
         self.headers: dict[str, str] = {}
@@ -114,7 +117,9 @@ class GrpcSender:
     """V2 gRPC (`inference.GRPCInferenceService`) over one grpc.aio channel; `target` is `host:port`,
     optionally prefixed `grpc://`."""
 
-    def __init__(self, target: str, model: str, version: str | None, *, timeout_s: float) -> None:
+    def __init__(
+        self, target: str, model: str, version: str | None, *, timeout_s: float, api_key: str | None = None
+    ) -> None:
         import grpc
         from tritonclient.grpc import service_pb2_grpc
 
@@ -129,13 +134,14 @@ class GrpcSender:
         # Identity (de)serializers: the request is serialized once and replies are not parsed.
         self.infer = self.channel.unary_unary(GRPC_INFER_METHOD)
         self.body = b""
+        self.metadata_pairs = tuple(auth_headers(api_key).items())
 
     async def metadata(self) -> ModelMeta:
         from tritonclient.grpc import service_pb2
 
         req = service_pb2.ModelMetadataRequest(name=self.model, version=self.version or "")
         try:
-            resp = await self.stub.ModelMetadata(req, timeout=self.timeout_s)
+            resp = await self.stub.ModelMetadata(req, timeout=self.timeout_s, metadata=self.metadata_pairs)
         except self._rpc_error as e:
             raise BenchError(f"ModelMetadata at {self.target}: {_rpc_failure(e)[1]}") from e
         return metadata_from_grpc(resp)
@@ -146,7 +152,7 @@ class GrpcSender:
 
     async def send(self) -> Failure | None:
         try:
-            await self.infer(self.body, timeout=self.timeout_s)
+            await self.infer(self.body, timeout=self.timeout_s, metadata=self.metadata_pairs)
         except self._rpc_error as e:
             return _rpc_failure(e)
         return None
