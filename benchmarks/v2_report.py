@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-BEGIN = "<!-- v2_serving:begin -->"
-END = "<!-- v2_serving:end -->"
 TOP_C = 64
 DISTURBED_CORES = 0.25
 """Other work above this many cores during a point makes its numbers suspect."""
@@ -226,13 +224,14 @@ def render_report(
     return "\n".join(out) + "\n"
 
 
-def update_results_file(section: str, path: Path = RESULTS) -> None:
-    """Replace the marked v2_serving section of RESULTS.md (append it when absent), keeping the rest."""
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
+def update_results_file(section: str, path: Path = RESULTS, name: str = "v2_serving") -> None:
+    """Replace the marked section `name` of RESULTS.md (append it when absent), keeping the rest."""
+    begin, end_marker = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{section.rstrip()}\n{end_marker}"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start, end = text.find(BEGIN), text.find(END)
+    start, end = text.find(begin), text.find(end_marker)
     if start != -1 and end > start:
-        text = text[:start] + block + text[end + len(END) :]
+        text = text[:start] + block + text[end + len(end_marker) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)

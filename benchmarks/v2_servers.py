@@ -232,11 +232,12 @@ def write_inferd_repository(repo: Path, models: list[ServedModel], threads: int)
         (repo / m.name / "config.yaml").write_text("\n".join(lines) + "\n")
 
 
-def start_inferd(repo: Path, state_dir: Path, log_path: Path) -> Running:
-    """`inferd serve` on free ports; returns once it printed its listening line and reports ready."""
+def start_inferd(repo: Path, state_dir: Path, log_path: Path, auth: bool = False) -> Running:
+    """`inferd serve` on free ports (`--no-auth` unless `auth`); returns once it printed its listening line
+    and reports ready."""
     exe = Path(sys.executable).parent / "inferd"
-    cmd = [str(exe), "serve", "--model-repository", str(repo), "--http-port", "0", "--grpc-port", "0", "--no-auth"]
-    cmd += ["--state-dir", str(state_dir), "--log-level", "warning"]
+    cmd = [str(exe), "serve", "--model-repository", str(repo), "--http-port", "0", "--grpc-port", "0"]
+    cmd += ["--state-dir", str(state_dir), "--log-level", "warning"] + ([] if auth else ["--no-auth"])
     proc, log = _popen("inferd", cmd, ROOT, log_path)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -71,9 +71,21 @@ def period_end(period: Period, now: float) -> float | None:
     return float(calendar.timegm((year, month, 1, 0, 0, 0)))
 
 
-def _keys(tenant: str, workflow: str, now: float) -> list[CounterKey]:
-    slots = [ALL_WORKFLOWS, workflow] if workflow else [ALL_WORKFLOWS]
-    return [(tenant, w, p, period_start(p, now)) for w in slots for p in PERIODS]
+class _PeriodStarts:
+    """The start of each period holding `now`, recomputed only when `now` leaves the cached UTC day (the
+    request path asks several times per request)."""
+
+    def __init__(self) -> None:
+        self._day = (1.0, 0.0)  # [start, end) of the cached day: empty until first use
+        self._starts: tuple[tuple[Period, float], ...] = ()
+
+    def __call__(self, now: float) -> tuple[tuple[Period, float], ...]:
+        start, end = self._day
+        if not start <= now < end:
+            day = period_start("day", now)
+            self._day = (day, day + 86400.0)
+            self._starts = tuple((p, period_start(p, now)) for p in PERIODS)
+        return self._starts
 
 
 @dataclass
@@ -102,22 +114,33 @@ class BudgetBook:
     """Settled and reserved amounts per counter."""
 
     def __init__(self) -> None:
-        self._settled: dict[CounterKey, Amount] = {}
-        self._reserved: dict[CounterKey, Amount] = {}
+        # [tokens, cost micros, requests], updated in place (the request path touches 6-12 per request).
+        self._settled: dict[CounterKey, list[int]] = {}
+        self._reserved: dict[CounterKey, list[int]] = {}
+        self._starts = _PeriodStarts()
+
+    def _keys(self, tenant: str, workflow: str, now: float) -> list[CounterKey]:
+        starts = self._starts(now)
+        slots = (ALL_WORKFLOWS, workflow) if workflow else (ALL_WORKFLOWS,)
+        return [(tenant, w, p, start) for w in slots for p, start in starts]
+
+    def _start(self, period: Period, now: float) -> float:
+        return next(start for p, start in self._starts(now) if p == period)
 
     def load(self, sums: Iterable[tuple[Period, float, str, str, Amount]]) -> None:
         """Settled usage from the ledger: (period, period start, tenant, workflow, amount) per row."""
         for period, start, tenant, workflow, amount in sums:
             for slot in [ALL_WORKFLOWS, workflow] if workflow else [ALL_WORKFLOWS]:
-                key = (tenant, slot, period, start)
-                self._settled[key] = self._settled.get(key, ZERO) + amount
+                _add(self._settled, (tenant, slot, period, start), amount, 1)
 
     def settled(self, tenant: str, workflow: str, period: Period, now: float) -> Amount:
-        return self._settled.get((tenant, workflow or ALL_WORKFLOWS, period, period_start(period, now)), ZERO)
+        return _amount(
+            self._settled.get((tenant, workflow or ALL_WORKFLOWS, period, self._start(period, now)))
+        )
 
     def reserved(self, tenant: str, workflow: str, period: Period, now: float) -> Amount:
-        return self._reserved.get(
-            (tenant, workflow or ALL_WORKFLOWS, period, period_start(period, now)), ZERO
+        return _amount(
+            self._reserved.get((tenant, workflow or ALL_WORKFLOWS, period, self._start(period, now)))
         )
 
     def check(
@@ -128,9 +151,9 @@ class BudgetBook:
             if budget.scope == "workflow" and not workflow:
                 continue
             slot = workflow if budget.scope == "workflow" else ALL_WORKFLOWS
-            key = (tenant, slot, budget.period, period_start(budget.period, now))
-            used = self._settled.get(key, ZERO)
-            held = self._reserved.get(key, ZERO)
+            key = (tenant, slot, budget.period, self._start(budget.period, now))
+            used = _amount(self._settled.get(key))
+            held = _amount(self._reserved.get(key))
             for dimension, cap, u, h, a in (
                 ("tokens", budget.max_tokens, used.tokens, held.tokens, amount.tokens),
                 ("cost", budget.max_cost_micros, used.cost_micros, held.cost_micros, amount.cost_micros),
@@ -142,32 +165,45 @@ class BudgetBook:
 
     def reserve(self, tenant: str, workflow: str, amount: Amount, now: float) -> Reservation:
         """Hold `amount` (call after `check` said it fits)."""
-        keys = _keys(tenant, workflow, now)
+        keys = self._keys(tenant, workflow, now)
         for key in keys:
-            self._reserved[key] = self._reserved.get(key, ZERO) + amount
+            _add(self._reserved, key, amount, 1)
         return Reservation(tenant, workflow, amount, keys)
 
     def settle(self, reservation: Reservation, actual: Amount, now: float) -> None:
         """Replace the reservation by the actual amount (settled in the periods holding `now`)."""
         self.release(reservation)
-        for key in _keys(reservation.tenant, reservation.workflow, now):
-            self._settled[key] = self._settled.get(key, ZERO) + actual
+        for key in self._keys(reservation.tenant, reservation.workflow, now):
+            _add(self._settled, key, actual, 1)
 
     def release(self, reservation: Reservation) -> None:
         if not reservation.open:
             return
         reservation.open = False
         for key in reservation.keys:
-            left = self._reserved.get(key, ZERO) - reservation.amount
-            if left == ZERO:
-                self._reserved.pop(key, None)
-            else:
-                self._reserved[key] = left
+            _add(self._reserved, key, reservation.amount, -1)
 
     def in_flight(self) -> Amount:
         """Everything reserved now (summed over tenants' all-time counters)."""
         total = ZERO
-        for (_, slot, period, _), amount in self._reserved.items():
+        for (_, slot, period, _), counts in self._reserved.items():
             if slot == ALL_WORKFLOWS and period == "total":
-                total = total + amount
+                total = total + _amount(counts)
         return total
+
+
+def _amount(counts: list[int] | None) -> Amount:
+    return ZERO if counts is None else Amount(counts[0], counts[1], counts[2])
+
+
+def _add(table: dict[CounterKey, list[int]], key: CounterKey, amount: Amount, sign: int) -> None:
+    """table[key] += sign * amount, in place; a counter back at zero is dropped (reservations end)."""
+    counts = table.get(key)
+    if counts is None:
+        table[key] = [sign * amount.tokens, sign * amount.cost_micros, sign * amount.requests]
+        return
+    counts[0] += sign * amount.tokens
+    counts[1] += sign * amount.cost_micros
+    counts[2] += sign * amount.requests
+    if sign < 0 and counts[0] == 0 and counts[1] == 0 and counts[2] == 0:
+        del table[key]

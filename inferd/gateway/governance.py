@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -132,6 +133,7 @@ class Governance:
         self.writer = LedgerWriter(store.append_connection)
         self._idempotency: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._watcher: asyncio.Task[None] | None = None
+        self._gauged: set[tuple[str, str]] = set()
         self._rebuild_budgets()
         self._update_budget_gauges()
 
@@ -159,6 +161,8 @@ class Governance:
                 version = await asyncio.to_thread(self.store.config_version)
                 if version != self.snapshot.version:
                     await self.reload()
+                self._update_budget_gauges()
+                await asyncio.to_thread(self.store.checkpoint)
             except Exception:
                 log.exception("reloading the governance configuration failed")
 
@@ -168,7 +172,8 @@ class Governance:
         self._update_budget_gauges()
 
     def reload_soon(self) -> None:
-        """Reload now from a worker thread (the admin API's writes), or at the next watcher tick."""
+        """Reload now, from a worker thread (the admin API's writes); the gauges follow at the watcher's
+        next tick."""
         self.snapshot = PolicySnapshot.load(self.store)
 
     async def close(self) -> None:
@@ -177,7 +182,7 @@ class Governance:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-        await asyncio.to_thread(self.writer.close)
+        self.writer.close()
         self.store.close()
 
     # -- identity ------------------------------------------------------------------------------------
@@ -426,7 +431,6 @@ class Governance:
             m.cost.labels(tenant, model).inc(cost / MICROS)
         if lease.retry_of:
             m.retries.labels(tenant).inc()
-        self._update_budget_gauges(tenant)
         detail: dict[str, Any] = {
             "model": lease.model,
             "version": lease.version,
@@ -462,26 +466,43 @@ class Governance:
     def payload_policy(self, principal: Principal) -> str:
         return self._tenant(principal).payload_logging
 
-    def _update_budget_gauges(self, only_tenant: str | None = None) -> None:
+    def _update_budget_gauges(self) -> None:
+        """Point `inferd_budget_remaining` at the budgets of the current snapshot (computed at scrape time,
+        nothing on the request path)."""
+        wanted = {
+            (b.tenant, kind)
+            for budgets in self.snapshot.budgets.values()
+            for b in budgets
+            if b.scope == "tenant"
+            for kind, cap in (
+                ("tokens", b.max_tokens),
+                ("cost", b.max_cost_micros),
+                ("requests", b.max_requests),
+            )
+            if cap is not None
+        }
+        gauge = self.metrics.budget_remaining
+        for tenant, kind in self._gauged - wanted:
+            with contextlib.suppress(KeyError):
+                gauge.remove(tenant, kind)
+        for tenant, kind in wanted - self._gauged:
+            gauge.labels(tenant, kind).set_function(functools.partial(self._remaining, tenant, kind))
+        self._gauged = wanted
+
+    def _remaining(self, tenant: str, kind: str) -> float:
+        """What is left of the tenant's tightest budget of `kind` (cost in the currency)."""
         now = self.clock()
-        for tenant, budgets in self.snapshot.budgets.items():
-            if only_tenant is not None and tenant != only_tenant:
+        left: int | None = None
+        for b in self.snapshot.budgets.get(tenant, ()):
+            cap = {"tokens": b.max_tokens, "cost": b.max_cost_micros, "requests": b.max_requests}[kind]
+            if b.scope != "tenant" or cap is None:
                 continue
-            remaining: dict[str, int] = {}
-            for b in budgets:
-                if b.scope != "tenant":
-                    continue
-                used = self.book.settled(tenant, "", b.period, now)
-                for kind, cap, u in (
-                    ("tokens", b.max_tokens, used.tokens),
-                    ("cost", b.max_cost_micros, used.cost_micros),
-                    ("requests", b.max_requests, used.requests),
-                ):
-                    if cap is not None:
-                        remaining[kind] = min(remaining.get(kind, cap - u), cap - u)
-            for kind, value in remaining.items():
-                scaled = value / MICROS if kind == "cost" else value
-                self.metrics.budget_remaining.labels(tenant, kind).set(scaled)
+            used = self.book.settled(tenant, "", b.period, now)
+            value = cap - {"tokens": used.tokens, "cost": used.cost_micros, "requests": used.requests}[kind]
+            left = value if left is None else min(left, value)
+        if left is None:
+            return float("nan")
+        return left / MICROS if kind == "cost" else float(left)
 
     # -- audit ---------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 from inferd.dataplane import DataPlane
 from inferd.errors import NotFound, PermissionDenied, Unauthenticated
 from inferd.gateway.access import allowed
-from inferd.gateway.context import CallContext, Protocol, StatusOf, new_request_id
+from inferd.gateway.context import CallContext, Protocol, RequestIds, StatusOf
 from inferd.gateway.governance import Consumed, Demand, Governance, Lease
 from inferd.generation import GenerateRequest, GenerationChunk, GenerationStream, Usage
 from inferd.metrics.registry import Metrics
@@ -63,6 +63,7 @@ class Gateway:
         self.dataplane = dataplane
         self.metrics = metrics
         self.governance = governance
+        self._request_ids = RequestIds()
 
     # -- identity and access -------------------------------------------------------------------------
 
@@ -76,7 +77,7 @@ class Gateway:
         """Open a call: request id and principal. A failed authentication is kept in the context and raised
         by the first gateway operation (so the transport answers it in its own shape, with the id)."""
         ctx = CallContext(
-            protocol, new_request_id(request_id or headers.get("x-request-id")), status_of, headers
+            protocol, self._request_ids(request_id or headers.get("x-request-id")), status_of, headers
         )
         if self.governance is not None:
             try:

@@ -151,6 +151,12 @@ class SqliteStore:
         with self._lock:
             return list(self._conn.execute(sql, params).fetchall())
 
+    def checkpoint(self) -> None:
+        """Move committed WAL pages into the database file without blocking writers (call off the loop:
+        the ledger writer's connection never checkpoints by itself)."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def config_version(self) -> int:
         """Bumped by every change to tenants, keys, budgets or prices, from any process."""
         with self._lock:
