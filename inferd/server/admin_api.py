@@ -60,7 +60,7 @@ class AdminHttp:
             Route(f"{base}/budgets", u(self.list_budgets), methods=["GET"]),
             Route(f"{base}/budgets", a(self.set_budget), methods=["PUT"]),
             Route(f"{base}/budgets", a(self.delete_budget), methods=["DELETE"]),
-            Route(f"{base}/prices", u(self.list_prices), methods=["GET"]),
+            Route(f"{base}/prices", a(self.list_prices), methods=["GET"]),
             Route(f"{base}/prices", a(self.set_price), methods=["PUT"]),
             Route(f"{base}/prices/{{model}}", a(self.delete_price), methods=["DELETE"]),
             Route(f"{base}/usage", u(self.usage), methods=["GET"]),
