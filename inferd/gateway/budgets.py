@@ -7,9 +7,11 @@ budget that applies, settled + in flight + this reservation ≤ the cap. Since a
 reservation, settled usage never exceeds a budget, however many requests run at once; and no request is
 refused while it fits. All of it runs on the event loop, so check-and-reserve is atomic.
 
-Counters are kept for every period (UTC day, UTC month, all time) of every tenant and workflow, whether or
-not a budget exists yet, so a budget set at run time applies at once to usage already settled. At start
-the settled counters are rebuilt from the usage ledger (`load`).
+Settled counters are kept for every period (UTC day, UTC month, all time) of every tenant and workflow,
+whether or not a budget exists yet, so a budget set at run time applies at once to usage already settled.
+At start the settled counters are rebuilt from the usage ledger (`load`). In-flight reservations are kept
+per tenant and workflow, not per period: a request admitted before midnight settles after it, into the new
+day, so it must count against the new day's budget for as long as it runs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import calendar
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from inferd.store.records import PERIODS, Budget, Period
 
@@ -49,6 +52,9 @@ class Amount:
 ZERO = Amount()
 CounterKey = tuple[str, str, Period, float]
 """(tenant, workflow or ALL_WORKFLOWS, period, period start)."""
+SlotKey = tuple[str, str]
+"""(tenant, workflow or ALL_WORKFLOWS): where in-flight reservations are held."""
+K = TypeVar("K", CounterKey, SlotKey)
 
 
 def period_start(period: Period, now: float) -> float:
@@ -93,7 +99,7 @@ class Reservation:
     tenant: str
     workflow: str
     amount: Amount
-    keys: list[CounterKey] = field(default_factory=list)
+    keys: list[SlotKey] = field(default_factory=list)
     open: bool = True
 
 
@@ -116,7 +122,7 @@ class BudgetBook:
     def __init__(self) -> None:
         # [tokens, cost micros, requests], updated in place (the request path touches 6-12 per request).
         self._settled: dict[CounterKey, list[int]] = {}
-        self._reserved: dict[CounterKey, list[int]] = {}
+        self._reserved: dict[SlotKey, list[int]] = {}
         self._starts = _PeriodStarts()
 
     def _keys(self, tenant: str, workflow: str, now: float) -> list[CounterKey]:
@@ -139,9 +145,8 @@ class BudgetBook:
         )
 
     def reserved(self, tenant: str, workflow: str, period: Period, now: float) -> Amount:
-        return _amount(
-            self._reserved.get((tenant, workflow or ALL_WORKFLOWS, period, self._start(period, now)))
-        )
+        """In flight now; the same for every period (a reservation settles in whichever holds its end)."""
+        return _amount(self._reserved.get((tenant, workflow or ALL_WORKFLOWS)))
 
     def check(
         self, tenant: str, workflow: str, budgets: Sequence[Budget], amount: Amount, now: float
@@ -151,9 +156,8 @@ class BudgetBook:
             if budget.scope == "workflow" and not workflow:
                 continue
             slot = workflow if budget.scope == "workflow" else ALL_WORKFLOWS
-            key = (tenant, slot, budget.period, self._start(budget.period, now))
-            used = _amount(self._settled.get(key))
-            held = _amount(self._reserved.get(key))
+            used = _amount(self._settled.get((tenant, slot, budget.period, self._start(budget.period, now))))
+            held = _amount(self._reserved.get((tenant, slot)))
             for dimension, cap, u, h, a in (
                 ("tokens", budget.max_tokens, used.tokens, held.tokens, amount.tokens),
                 ("cost", budget.max_cost_micros, used.cost_micros, held.cost_micros, amount.cost_micros),
@@ -165,7 +169,7 @@ class BudgetBook:
 
     def reserve(self, tenant: str, workflow: str, amount: Amount, now: float) -> Reservation:
         """Hold `amount` (call after `check` said it fits)."""
-        keys = self._keys(tenant, workflow, now)
+        keys = [(tenant, ALL_WORKFLOWS), (tenant, workflow)] if workflow else [(tenant, ALL_WORKFLOWS)]
         for key in keys:
             _add(self._reserved, key, amount, 1)
         return Reservation(tenant, workflow, amount, keys)
@@ -184,10 +188,10 @@ class BudgetBook:
             _add(self._reserved, key, reservation.amount, -1)
 
     def in_flight(self) -> Amount:
-        """Everything reserved now (summed over tenants' all-time counters)."""
+        """Everything reserved now (summed over tenants)."""
         total = ZERO
-        for (_, slot, period, _), counts in self._reserved.items():
-            if slot == ALL_WORKFLOWS and period == "total":
+        for (_, slot), counts in self._reserved.items():
+            if slot == ALL_WORKFLOWS:
                 total = total + _amount(counts)
         return total
 
@@ -196,7 +200,7 @@ def _amount(counts: list[int] | None) -> Amount:
     return ZERO if counts is None else Amount(counts[0], counts[1], counts[2])
 
 
-def _add(table: dict[CounterKey, list[int]], key: CounterKey, amount: Amount, sign: int) -> None:
+def _add(table: dict[K, list[int]], key: K, amount: Amount, sign: int) -> None:
     """table[key] += sign * amount, in place; a counter back at zero is dropped (reservations end)."""
     counts = table.get(key)
     if counts is None:
