@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 PREFIX = "ik"
 KEY_ID_HEX = 12
+_HEX = frozenset("0123456789abcdef")
 _DUMMY_HASH = hashlib.sha256(b"inferd-dummy-key").hexdigest()
 
 
@@ -32,6 +33,8 @@ def key_id_of(key: str) -> str | None:
     """The key id a presented key claims, or None when it is not shaped like an inferd key."""
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != PREFIX or len(parts[1]) != KEY_ID_HEX or not parts[2]:
+        return None
+    if not all(c in _HEX for c in parts[1]):  # client text that is no key id never reaches the audit log
         return None
     return parts[1]
 
