@@ -12,9 +12,11 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from inferd.gateway.budgets import ZERO, Amount
-from tests.governance.conftest import CHAT_PROMPT_TOKENS, LLM, MESSAGES, Governed, bearer
+from inferd.store.records import MICROS
+from tests.governance.conftest import CHAT_PROMPT_TOKENS, LLM, MESSAGES, Governed, bearer, eventually
 
 MAX_TOKENS = 16
 RESERVATION = CHAT_PROMPT_TOKENS + MAX_TOKENS
@@ -108,11 +110,24 @@ def well_formed_error(outcome: Outcome, error_type: str) -> dict[str, Any]:
     return dict(error)
 
 
-async def test_budget_race_64_streams(governed: Governed) -> None:
+PRICE = {"model": LLM, "prompt_per_1k": 2.0, "completion_per_1k": 4.0}
+COST_MICROS = CHAT_PROMPT_TOKENS * 2000 + MAX_TOKENS * 4000
+"""One request's cost at PRICE in micro-units (7 x 2000 + 16 x 4000 = 78000)."""
+BUDGETS = {
+    "tokens": {"max_tokens": BUDGET},
+    "cost": {"max_cost": 10.5 * COST_MICROS / MICROS},
+    "requests": {"max_requests": 10},
+}
+
+
+@pytest.mark.parametrize("dimension", list(BUDGETS))
+async def test_budget_race_64_streams(governed: Governed, dimension: str) -> None:
+    """64 concurrent streams against a budget (of tokens, cost or requests) that admits exactly 10."""
     admin = governed.admin
-    tenant = admin.tenant("race")
+    tenant = admin.tenant(f"race-{dimension}")
     _, key = admin.create_key(tenant, models=["alpha*"])
-    admin.budget(tenant, period="total", max_tokens=BUDGET)
+    admin.call("PUT", "/prices", json=PRICE)
+    admin.budget(tenant, period="total", **BUDGETS[dimension])
     assert in_flight(governed) == ZERO
 
     limits = httpx.Limits(max_connections=REQUESTS, max_keepalive_connections=REQUESTS)
@@ -123,33 +138,46 @@ async def test_budget_race_64_streams(governed: Governed) -> None:
     refused = [o for o in outcomes if o.status != 200]
     # Exact: every admitted request settles its whole reservation (ignore_eos), so exactly the 10 that fit
     # are admitted: never more (the budget holds), never fewer (no request refused while it fit).
-    assert len(admitted) == BUDGET // RESERVATION == 10
+    assert len(admitted) == 10, [o.status for o in outcomes]
     assert len(refused) == REQUESTS - 10
     for o in admitted:
         assert o.done and o.usage is not None
         assert o.usage["prompt_tokens"] == CHAT_PROMPT_TOKENS
         assert o.usage["completion_tokens"] == MAX_TOKENS
+        assert o.usage["cost"] * MICROS == pytest.approx(COST_MICROS)
     for o in refused:
         error = well_formed_error(o, "insufficient_quota")
         assert error["code"] == "budget_exceeded"
+        assert f"total {dimension} budget" in error["message"]
         assert "retry-after" not in o.headers  # not retryable
         assert not any(h.startswith("x-ratelimit-") for h in o.headers)
 
     # Settled usage, from the ledger itself and from the server's budget status.
-    rows, tokens, _ = ledger(governed, tenant)
+    rows, tokens, cost = ledger(governed, tenant)
     assert rows == len(admitted)
     assert tokens == len(admitted) * RESERVATION <= BUDGET
+    assert cost == len(admitted) * COST_MICROS
     assert tokens == sum(o.usage["total_tokens"] for o in admitted if o.usage)
     (status,) = admin.budgets(tenant)
-    assert status["used_tokens"] == tokens
-    assert status["used_requests"] == rows
+    assert (status["used_tokens"], status["used_cost"], status["used_requests"]) == (
+        tokens,
+        cost / MICROS,
+        rows,
+    )
     assert status["in_flight_tokens"] == 0
     usage = admin.usage(tenant)
     assert [(u["model"], u["requests"]) for u in usage] == [(LLM, 10)]
     assert usage[0]["prompt_tokens"] + usage[0]["completion_tokens"] == tokens
     # Nothing left reserved anywhere in the server.
     assert in_flight(governed) == ZERO
-    # One more request still refused; one more token of budget would not admit it either.
+
+    # The refusals were audited, each with its reason.
+    def audited() -> None:
+        refusals = admin.audit(tenant, action="limit.refused")
+        assert [e["outcome"] for e in refusals] == ["budget"] * len(refused)
+
+    eventually(audited)
+    # One more request is still refused.
     async with httpx.AsyncClient(base_url=governed.base, timeout=60) as client:
         again = await stream_chat(client, key)
     well_formed_error(again, "insufficient_quota")
@@ -214,6 +242,25 @@ def test_tokens_per_minute(governed: Governed) -> None:
     assert in_flight(governed) == ZERO
 
 
+async def test_concurrency_cap(governed: Governed) -> None:
+    """A tenant's cap on requests in flight: the excess is refused as a retryable rate limit."""
+    admin = governed.admin
+    tenant = admin.tenant("concurrent", max_concurrent=3)
+    _, key = admin.create_key(tenant, models=["alpha*"])
+    async with httpx.AsyncClient(base_url=governed.base, timeout=60) as client:
+        outcomes = await asyncio.gather(*(stream_chat(client, key) for _ in range(16)))
+    admitted = [o for o in outcomes if o.status == 200]
+    assert len(admitted) >= 3
+    assert all(o.done for o in admitted)
+    for o in outcomes:
+        if o.status != 200:
+            error = well_formed_error(o, "rate_limit_exceeded")
+            assert error["code"] == "concurrent_requests_exceeded"
+            assert int(o.headers["retry-after"]) >= 1
+    assert ledger(governed, tenant)[0] == len(admitted)
+    assert in_flight(governed) == ZERO
+
+
 async def test_rate_limit_race(governed: Governed) -> None:
     """32 concurrent requests against a 5 RPM tenant: no more pass than the bucket holds."""
     admin = governed.admin
@@ -234,3 +281,46 @@ async def test_rate_limit_race(governed: Governed) -> None:
             assert r.headers["x-ratelimit-limit-requests"] == "5"
     assert ledger(governed, tenant)[0] == len(passed)
     assert in_flight(governed) == ZERO
+
+
+async def test_disconnects_release_reservations(governed: Governed) -> None:
+    """Clients that walk away mid-stream free their reservations; what they used is settled and in the
+    ledger, and the budget's settled usage equals the ledger's sums."""
+    admin = governed.admin
+    tenant = admin.tenant("walkaway")
+    _, key = admin.create_key(tenant, models=["alpha*"])
+    admin.budget(tenant, period="total", max_tokens=10**6)
+    body = {**chat_body(max_tokens=100), "stream_options": None}
+    ids: list[str] = []
+
+    async def walk_away(client: httpx.AsyncClient) -> None:
+        async with client.stream("POST", "/v1/chat/completions", json=body, headers=bearer(key)) as r:
+            assert r.status_code == 200
+            ids.append(r.headers["x-request-id"])
+            async for line in r.aiter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    return  # close the connection after the first token
+
+    async with httpx.AsyncClient(base_url=governed.base, timeout=60) as client:
+        await asyncio.gather(*(walk_away(client) for _ in range(8)))
+
+    def settled() -> tuple[int, int, int]:
+        assert in_flight(governed) == ZERO
+        rows = ledger(governed, tenant)
+        assert rows[0] == len(ids)
+        return rows
+
+    rows, tokens, _ = eventually(settled)
+    assert tokens < len(ids) * (CHAT_PROMPT_TOKENS + 100)  # they stopped early
+    (status,) = admin.budgets(tenant)
+    assert (status["used_requests"], status["used_tokens"], status["in_flight_tokens"]) == (rows, tokens, 0)
+    conn = sqlite3.connect(f"file:{governed.state_dir / 'inferd.db'}?mode=ro", uri=True)
+    try:
+        statuses = {
+            r[0]: r[1]
+            for r in conn.execute("SELECT request_id, status FROM usage WHERE tenant = ?", (tenant,))
+        }
+    finally:
+        conn.close()
+    assert statuses.keys() == set(ids)
+    assert set(statuses.values()) == {"cancelled"}
