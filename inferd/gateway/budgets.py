@@ -131,7 +131,10 @@ class BudgetBook:
         return [(tenant, w, p, start) for w in slots for p, start in starts]
 
     def _start(self, period: Period, now: float) -> float:
-        return next(start for p, start in self._starts(now) if p == period)
+        for p, start in self._starts(now):
+            if p == period:
+                return start
+        raise ValueError(period)
 
     def load(self, sums: Iterable[tuple[Period, float, str, str, Amount]]) -> None:
         """Settled usage from the ledger: (period, period start, tenant, workflow, amount) per row."""
@@ -156,15 +159,12 @@ class BudgetBook:
             if budget.scope == "workflow" and not workflow:
                 continue
             slot = workflow if budget.scope == "workflow" else ALL_WORKFLOWS
-            used = _amount(self._settled.get((tenant, slot, budget.period, self._start(budget.period, now))))
-            held = _amount(self._reserved.get((tenant, slot)))
-            for dimension, cap, u, h, a in (
-                ("tokens", budget.max_tokens, used.tokens, held.tokens, amount.tokens),
-                ("cost", budget.max_cost_micros, used.cost_micros, held.cost_micros, amount.cost_micros),
-                ("requests", budget.max_requests, used.requests, held.requests, amount.requests),
-            ):
-                if cap is not None and u + h + a > cap:
-                    return Refusal(budget, dimension, u, h, cap, a)
+            used = self._settled.get((tenant, slot, budget.period, self._start(budget.period, now))) or _NONE
+            held = self._reserved.get((tenant, slot)) or _NONE
+            asked = (amount.tokens, amount.cost_micros, amount.requests)
+            for i, cap in enumerate((budget.max_tokens, budget.max_cost_micros, budget.max_requests)):
+                if cap is not None and used[i] + held[i] + asked[i] > cap:
+                    return Refusal(budget, _DIMENSIONS[i], used[i], held[i], cap, asked[i])
         return None
 
     def reserve(self, tenant: str, workflow: str, amount: Amount, now: float) -> Reservation:
@@ -194,6 +194,10 @@ class BudgetBook:
             if slot == ALL_WORKFLOWS:
                 total = total + _amount(counts)
         return total
+
+
+_NONE = [0, 0, 0]
+_DIMENSIONS = ("tokens", "cost", "requests")
 
 
 def _amount(counts: list[int] | None) -> Amount:

@@ -18,9 +18,9 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from inferd.errors import (
     InferdError,
@@ -30,12 +30,12 @@ from inferd.errors import (
     Unauthenticated,
 )
 from inferd.gateway import keys
-from inferd.gateway.budgets import Amount, BudgetBook, Reservation, period_end, period_start
+from inferd.gateway.budgets import Amount, BudgetBook, Refusal, Reservation, period_end, period_start
 from inferd.gateway.context import CallContext, Principal
-from inferd.gateway.policy import PolicySnapshot
+from inferd.gateway.policy import KeyPolicy, PolicySnapshot
 from inferd.gateway.ratelimit import Buckets, Concurrency, TokenBucket
 from inferd.metrics.registry import Metrics
-from inferd.store.records import MICROS, PERIODS, ApiKey, AuditEntry, Limits, Tenant, UsageRow
+from inferd.store.records import MICROS, PERIODS, ApiKey, AuditEntry, Tenant, UsageRow
 from inferd.store.sqlite import SqliteStore
 from inferd.store.writer import LedgerWriter
 
@@ -88,18 +88,12 @@ class Lease:
     owners: list[str]
     started: float
     retry_of: str = ""
+    idempotency_key: str = ""
     settled: bool = False
 
 
-@dataclass
-class _Check:
-    """One limit evaluated during admission."""
-
-    owner: str
-    limits: Limits
-    requests: TokenBucket | None = None
-    tokens: TokenBucket | None = None
-    states: dict[str, LimitState] = field(default_factory=dict)
+_Take = tuple[str, str, TokenBucket, int]
+"""(owner, `requests` or `tokens`, its bucket, amount)."""
 
 
 def status_of(exc: BaseException | None) -> str:
@@ -134,6 +128,7 @@ class Governance:
         self._idempotency: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._watcher: asyncio.Task[None] | None = None
         self._gauged: set[tuple[str, str]] = set()
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._rebuild_budgets()
         self._update_budget_gauges()
 
@@ -206,11 +201,11 @@ class Governance:
         if record.expires_at is not None and self.clock() >= record.expires_at:
             self._auth_failure("expired", record.key_id, protocol, request_id, record.tenant)
             raise Unauthenticated(f"API key {record.key_id} has expired")
-        tenant = self.snapshot.tenants.get(record.tenant)
-        if tenant is None or tenant.disabled:
+        policy = self.snapshot.policies.get(record.key_id)
+        if policy is None or policy.tenant.disabled:
             self._auth_failure("tenant_disabled", record.key_id, protocol, request_id, record.tenant)
             raise Unauthenticated(f"tenant {record.tenant!r} is disabled")
-        return Principal(record.tenant, record.key_id, frozenset(record.roles), record.models)
+        return policy.principal
 
     def _auth_failure(
         self, reason: str, key_id: str, protocol: str, request_id: str, tenant: str = ""
@@ -232,99 +227,57 @@ class Governance:
 
     def ceiling(self, principal: Principal) -> int | None:
         """The per-request completion-token ceiling of the key and its tenant (the lower one)."""
-        caps = [
-            lim.max_tokens
-            for lim in (self._key_limits(principal), self._tenant(principal).limits)
-            if lim.max_tokens is not None
-        ]
-        return min(caps) if caps else None
+        return self._policy(principal).ceiling
 
-    def _tenant(self, principal: Principal) -> Tenant:
-        return self.snapshot.tenants.get(principal.tenant) or Tenant(principal.tenant)
-
-    def _key_limits(self, principal: Principal) -> Limits:
-        key: ApiKey | None = self.snapshot.keys.get(principal.key_id)
-        return key.limits if key is not None else Limits()
+    def _policy(self, principal: Principal) -> KeyPolicy:
+        policy = self.snapshot.policies.get(principal.key_id)
+        if policy is None:  # revoked or its tenant deleted while the call ran: no limits left to apply
+            key = ApiKey(principal.key_id, principal.tenant, "", frozenset({"user"}))
+            policy = KeyPolicy.of(key, Tenant(principal.tenant), ())
+        return policy
 
     def admit(self, ctx: CallContext, model: str, version: str, demand: Demand, workflow: str) -> Lease:
         """Check every limit and budget and reserve `demand`, or raise RateLimited / QuotaExceeded
         (nothing is taken from any limit when one refuses)."""
         now = self.clock()
         principal = ctx.principal
-        tenant = self._tenant(principal)
-        checks = [
-            _Check("key:" + principal.key_id, self._key_limits(principal)),
-            _Check("tenant:" + principal.tenant, tenant.limits),
-        ]
+        policy = self._policy(principal)
         tokens = demand.tokens
-        for check in checks:
-            lim = check.limits
-            if lim.max_concurrent is not None and self.concurrency.current(check.owner) >= lim.max_concurrent:
+        owners = policy.limits
+        taken: list[_Take] = []  # what to take from which bucket once everything fits
+        for owner, lim in owners:
+            if lim.max_concurrent is not None and self.concurrency.current(owner) >= lim.max_concurrent:
                 self._refuse(ctx, model, "concurrency")
                 raise RateLimited(
-                    f"too many concurrent requests for {_owner_words(check.owner)}: the limit is "
+                    f"too many concurrent requests for {_owner_words(owner)}: the limit is "
                     f"{lim.max_concurrent}",
                     "concurrent_requests_exceeded",
                     1.0,
                 )
             if lim.rpm is not None:
-                check.requests = self.buckets.get(check.owner, "requests", lim.rpm, now)
+                taken.append((owner, "requests", self.buckets.get(owner, "requests", lim.rpm, now), 1))
             if lim.tpm is not None and tokens:
-                check.tokens = self.buckets.get(check.owner, "tokens", lim.tpm, now)
-        for check in checks:
-            for kind, bucket, amount in (("requests", check.requests, 1), ("tokens", check.tokens, tokens)):
-                if bucket is None:
-                    continue
-                if not bucket.fits(amount, now):
-                    wait = bucket.wait_s(amount, now)
-                    self._refuse(ctx, model, "rate_limit")
-                    unit = "requests" if kind == "requests" else "tokens"
-                    if wait == float("inf"):
-                        message = (
-                            f"request too large for {_owner_words(check.owner)}: it needs {amount} tokens "
-                            f"(prompt + max_tokens) and the limit is {bucket.capacity} tokens per minute; "
-                            "lower max_tokens"
-                        )
-                        wait = 60.0
-                    else:
-                        message = (
-                            f"rate limit reached for {_owner_words(check.owner)}: {bucket.capacity} {unit} "
-                            f"per minute; retry in {wait:.2f}s"
-                        )
-                    states = self._limit_states(checks, now)
-                    raise RateLimited(message, f"{kind}_per_minute_exceeded", wait, states)
+                taken.append((owner, "tokens", self.buckets.get(owner, "tokens", lim.tpm, now), tokens))
+        for owner, kind, bucket, amount in taken:
+            if not bucket.fits(amount, now):
+                self._rate_limited(ctx, model, owner, kind, bucket, amount, taken, now)
         price = self.snapshot.price(model)
         reserve = Amount(
             tokens,
             price.cost_micros(demand.prompt_tokens, demand.completion_tokens, demand.inferences),
             1,
         )
-        budgets = self.snapshot.budgets.get(principal.tenant, ())
-        refusal = self.book.check(principal.tenant, workflow, budgets, reserve, now)
-        if refusal is not None:
-            b = refusal.budget
-            scope = f"workflow {workflow!r} of tenant" if b.scope == "workflow" else "tenant"
-            unit = {"tokens": "tokens", "cost": "micro-units of cost", "requests": "requests"}[
-                refusal.dimension
-            ]
-            reason = "workflow" if b.scope == "workflow" else "budget"
-            self._refuse(ctx, model, reason)
-            raise QuotaExceeded(
-                f"{b.period} {refusal.dimension} budget of {scope} {principal.tenant!r} exhausted: "
-                f"{refusal.used} settled + {refusal.in_flight} in flight + {refusal.asked} for this request "
-                f"> {refusal.cap} {unit}",
-                "workflow_quota_exceeded" if b.scope == "workflow" else "budget_exceeded",
-            )
+        if policy.budgets:
+            refusal = self.book.check(principal.tenant, workflow, policy.budgets, reserve, now)
+            if refusal is not None:
+                self._over_budget(ctx, model, workflow, refusal)
         # Everything fits: take.
-        buckets: list[TokenBucket] = []
-        for check in checks:
-            if check.requests is not None:
-                check.requests.take(1, now)
-            if check.tokens is not None:
-                check.tokens.take(tokens, now)
-                buckets.append(check.tokens)
-            self.concurrency.enter(check.owner)
-        ctx.limits = self._limit_states(checks, now)
+        for _, _, bucket, amount in taken:
+            bucket.take(amount, now)
+        for owner, _ in owners:
+            self.concurrency.enter(owner)
+        ctx.limits = _limit_states(taken, now)
+        idempotency_key = ctx.headers.get("idempotency-key", "")[:256]
         reservation = self.book.reserve(principal.tenant, workflow, reserve, now)
         return Lease(
             ctx,
@@ -333,32 +286,60 @@ class Governance:
             workflow,
             demand,
             reservation,
-            buckets,
-            [c.owner for c in checks],
+            [b for _, kind, b, _ in taken if kind == "tokens"],
+            [owner for owner, _ in owners],
             time.perf_counter(),
-            self._retry_of(ctx),
+            self._retry_of(ctx, idempotency_key),
+            idempotency_key,
         )
 
-    def _limit_states(self, checks: list[_Check], now: float) -> dict[str, LimitState]:
-        """The tighter of the key's and the tenant's state per kind (what the headers report)."""
-        states: dict[str, LimitState] = {}
-        for check in checks:
-            for kind, bucket in (("requests", check.requests), ("tokens", check.tokens)):
-                if bucket is None:
-                    continue
-                state = bucket.state(now)
-                if kind not in states or state.remaining < states[kind].remaining:
-                    states[kind] = state
-        return states
+    def _rate_limited(
+        self,
+        ctx: CallContext,
+        model: str,
+        owner: str,
+        kind: str,
+        bucket: TokenBucket,
+        amount: int,
+        taken: list[_Take],
+        now: float,
+    ) -> NoReturn:
+        wait = bucket.wait_s(amount, now)
+        self._refuse(ctx, model, "rate_limit")
+        if wait == float("inf"):
+            message = (
+                f"request too large for {_owner_words(owner)}: it needs {amount} tokens (prompt + "
+                f"max_tokens) and the limit is {bucket.capacity} tokens per minute; lower max_tokens"
+            )
+            wait = 60.0
+        else:
+            message = (
+                f"rate limit reached for {_owner_words(owner)}: {bucket.capacity} {kind} per minute; "
+                f"retry in {wait:.2f}s"
+            )
+        raise RateLimited(message, f"{kind}_per_minute_exceeded", wait, _limit_states(taken, now))
 
-    def _retry_of(self, ctx: CallContext) -> str:
+    def _over_budget(self, ctx: CallContext, model: str, workflow: str, refusal: Refusal) -> NoReturn:
+        b = refusal.budget
+        scope = f"workflow {workflow!r} of tenant" if b.scope == "workflow" else "tenant"
+        unit = "micro-units of cost" if refusal.dimension == "cost" else refusal.dimension
+        self._refuse(ctx, model, "workflow" if b.scope == "workflow" else "budget")
+        raise QuotaExceeded(
+            f"{b.period} {refusal.dimension} budget of {scope} {ctx.principal.tenant!r} exhausted: "
+            f"{refusal.used} settled + {refusal.in_flight} in flight + {refusal.asked} for this request "
+            f"> {refusal.cap} {unit}",
+            "workflow_quota_exceeded" if b.scope == "workflow" else "budget_exceeded",
+        )
+
+    def _retry_of(self, ctx: CallContext, key: str) -> str:
+        """The request this one retries: `x-inferd-retry-of`, or the first request seen with the same
+        `Idempotency-Key` (per tenant)."""
         declared = ctx.headers.get("x-inferd-retry-of", "")
         if declared:
             return declared[:128]
-        key = ctx.headers.get("idempotency-key", "")
         if not key:
             return ""
-        slot = (ctx.principal.tenant, key[:256])
+        slot = (ctx.principal.tenant, key)
         first = self._idempotency.get(slot)
         if first is None:
             self._idempotency[slot] = ctx.request_id
@@ -366,6 +347,14 @@ class Governance:
                 self._idempotency.popitem(last=False)
             return ""
         return first
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, cached (the lookup costs microseconds per request otherwise)."""
+        key = (metric._name, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def _refuse(self, ctx: CallContext, model: str, reason: str) -> None:
         self.metrics.rejections.labels(ctx.principal.tenant, reason).inc()
@@ -417,37 +406,40 @@ class Governance:
         row = UsageRow(
             ctx.request_id, now, principal.tenant, principal.key_id, lease.workflow, lease.model,
             lease.version, ctx.protocol, prompt, completion, consumed.cached_tokens, cost, status,
-            round(latency_ms, 3), ctx.headers.get("idempotency-key", "")[:256], lease.retry_of,
+            round(latency_ms, 3), lease.idempotency_key, lease.retry_of,
         )  # fmt: skip
-        m = self.metrics
+        m, child = self.metrics, self._child
         tenant, model = principal.tenant, lease.model
         if prompt:
-            m.tokens.labels(tenant, model, "prompt").inc(prompt)
+            child(m.tokens, tenant, model, "prompt").inc(prompt)
         if completion:
-            m.tokens.labels(tenant, model, "completion").inc(completion)
+            child(m.tokens, tenant, model, "completion").inc(completion)
         if consumed.cached_tokens:
-            m.tokens.labels(tenant, model, "cached").inc(consumed.cached_tokens)
+            child(m.tokens, tenant, model, "cached").inc(consumed.cached_tokens)
         if cost:
-            m.cost.labels(tenant, model).inc(cost / MICROS)
+            child(m.cost, tenant, model).inc(cost / MICROS)
         if lease.retry_of:
-            m.retries.labels(tenant).inc()
-        detail: dict[str, Any] = {
-            "model": lease.model,
-            "version": lease.version,
-            "workflow": lease.workflow,
-            "status": status,
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "latency_ms": row.latency_ms,
-        }
-        policy = self._tenant(principal).payload_logging
+            child(m.retries, tenant).inc()
+        # The ledger row is the inference's audit entry (the store merges them); a tenant that logs
+        # payloads gets its own entry with the request's metadata or full text.
+        audit: list[AuditEntry] = []
+        policy = self._policy(principal).tenant.payload_logging
         if payload and policy != "none":
+            detail: dict[str, Any] = {
+                "model": lease.model,
+                "version": lease.version,
+                "workflow": lease.workflow,
+                "status": status,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "latency_ms": row.latency_ms,
+            }
             detail["request"] = payload.get("metadata", {})
             if policy == "full":
                 detail["payload"] = payload.get("full", {})
-        entry = AuditEntry(now, "inference", tenant, principal.key_id, lease.model, status, ctx.request_id,
-                           detail)  # fmt: skip
-        await self.writer.write([row], [entry])
+            audit.append(AuditEntry(now, "inference", tenant, principal.key_id, lease.model, status,
+                                    ctx.request_id, detail))  # fmt: skip
+        await self.writer.write([row], audit)
         return cost
 
     def release(self, lease: Lease) -> None:
@@ -464,7 +456,7 @@ class Governance:
             self.concurrency.leave(owner)
 
     def payload_policy(self, principal: Principal) -> str:
-        return self._tenant(principal).payload_logging
+        return self._policy(principal).tenant.payload_logging
 
     def _update_budget_gauges(self) -> None:
         """Point `inferd_budget_remaining` at the budgets of the current snapshot (computed at scrape time,
@@ -531,6 +523,16 @@ class Governance:
                 }
             )
         return out
+
+
+def _limit_states(taken: list[_Take], now: float) -> dict[str, LimitState]:
+    """The tighter of the key's and the tenant's state per kind (what the headers report)."""
+    states: dict[str, LimitState] = {}
+    for _, kind, bucket, _ in taken:
+        state = bucket.state(now)
+        if kind not in states or state.remaining < states[kind].remaining:
+            states[kind] = state
+    return states
 
 
 def _owner_words(owner: str) -> str:

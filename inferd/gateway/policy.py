@@ -5,10 +5,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from inferd.store.records import ApiKey, Budget, Price, Tenant
+from inferd.gateway.context import Principal
+from inferd.store.records import ApiKey, Budget, Limits, Price, Tenant
 from inferd.store.sqlite import SqliteStore
 
 FREE = Price("*")
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """What the request path needs about one key, resolved once per snapshot."""
+
+    key: ApiKey
+    tenant: Tenant
+    principal: Principal
+    key_owner: str
+    """Name of the key's rate-limit and concurrency counters."""
+    tenant_owner: str
+    budgets: tuple[Budget, ...]
+    ceiling: int | None
+    """The lower of the key's and the tenant's per-request `max_tokens` ceilings."""
+
+    @classmethod
+    def of(cls, key: ApiKey, tenant: Tenant, budgets: tuple[Budget, ...]) -> KeyPolicy:
+        caps = [c for c in (key.limits.max_tokens, tenant.limits.max_tokens) if c is not None]
+        principal = Principal(key.tenant, key.key_id, frozenset(key.roles), key.models)
+        return cls(
+            key, tenant, principal, "key:" + key.key_id, "tenant:" + tenant.name, budgets,
+            min(caps) if caps else None,
+        )  # fmt: skip
+
+    @property
+    def limits(self) -> tuple[tuple[str, Limits], tuple[str, Limits]]:
+        return (self.key_owner, self.key.limits), (self.tenant_owner, self.tenant.limits)
 
 
 @dataclass(frozen=True)
@@ -18,6 +47,8 @@ class PolicySnapshot:
     keys: dict[str, ApiKey] = field(default_factory=dict)
     budgets: dict[str, tuple[Budget, ...]] = field(default_factory=dict)
     prices: dict[str, Price] = field(default_factory=dict)
+    policies: dict[str, KeyPolicy] = field(default_factory=dict)
+    """Per key id, for keys whose tenant exists."""
 
     @classmethod
     def load(cls, store: SqliteStore) -> PolicySnapshot:
@@ -25,13 +56,15 @@ class PolicySnapshot:
         budgets: dict[str, list[Budget]] = {}
         for b in store.budgets():
             budgets.setdefault(b.tenant, []).append(b)
-        return cls(
-            version,
-            {t.name: t for t in store.tenants()},
-            {k.key_id: k for k in store.api_keys()},
-            {t: tuple(bs) for t, bs in budgets.items()},
-            {p.model: p for p in store.prices()},
-        )
+        tenants = {t.name: t for t in store.tenants()}
+        keys = {k.key_id: k for k in store.api_keys()}
+        by_tenant = {t: tuple(bs) for t, bs in budgets.items()}
+        policies = {
+            k.key_id: KeyPolicy.of(k, tenants[k.tenant], by_tenant.get(k.tenant, ()))
+            for k in keys.values()
+            if k.tenant in tenants
+        }
+        return cls(version, tenants, keys, by_tenant, {p.model: p for p in store.prices()}, policies)
 
     def price(self, model: str) -> Price:
         """The model's price, else the `*` default, else free."""

@@ -76,6 +76,8 @@ class Gateway:
     ) -> CallContext:
         """Open a call: request id and principal. A failed authentication is kept in the context and raised
         by the first gateway operation (so the transport answers it in its own shape, with the id)."""
+        if self.governance is not None and not isinstance(headers, dict):
+            headers = dict(headers.items())  # governance reads several headers: one pass, then O(1) gets
         ctx = CallContext(
             protocol, self._request_ids(request_id or headers.get("x-request-id")), status_of, headers
         )

@@ -69,14 +69,6 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def usage_params(row: UsageRow) -> tuple[Any, ...]:
-    return (
-        row.request_id, row.time, row.tenant, row.key_id, row.workflow, row.model, row.version,
-        row.protocol, row.prompt_tokens, row.completion_tokens, row.cached_tokens, row.cost_micros,
-        row.status, row.latency_ms, row.idempotency_key, row.retry_of,
-    )  # fmt: skip
-
-
 def audit_params(entry: AuditEntry) -> tuple[Any, ...]:
     return (
         entry.time, entry.action, entry.tenant, entry.key_id, entry.target, entry.outcome,
@@ -93,7 +85,7 @@ def append(conn: sqlite3.Connection, usage: Sequence[UsageRow], audit: Sequence[
     conn.execute("BEGIN IMMEDIATE")
     try:
         if usage:
-            conn.executemany(INSERT_USAGE, [usage_params(r) for r in usage])
+            conn.executemany(INSERT_USAGE, usage)  # a UsageRow is a tuple in column order
         if audit:
             conn.executemany(INSERT_AUDIT, [audit_params(e) for e in audit])
         conn.execute("COMMIT")
@@ -346,13 +338,24 @@ class SqliteStore:
         action: str | None = None,
         limit: int = 1000,
     ) -> list[AuditEntry]:
+        """Audit entries, oldest first (the newest `limit`). Every inference is in the log: its ledger row
+        reads as an `inference` entry unless the tenant's payload logging wrote one with the payload."""
         where, params = _where(tenant, since)
-        if action:
-            where += " AND action LIKE ?"
-            params = (*params, action.replace("*", "%"))
-        rows = self._query(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit {where} ORDER BY id DESC LIMIT ?", (*params, limit)
+        ledger = (
+            "SELECT time, 'inference' AS action, tenant, key_id, model AS target, status AS outcome, "
+            "request_id, json_object('model', model, 'version', version, 'workflow', workflow, "
+            "'status', status, 'prompt_tokens', prompt_tokens, 'completion_tokens', completion_tokens, "
+            "'latency_ms', latency_ms) AS detail FROM usage u "
+            f"{where} AND NOT EXISTS (SELECT 1 FROM audit a WHERE a.request_id = u.request_id "
+            "AND a.action = 'inference' AND u.request_id != '')"
         )
+        union = f"SELECT {_AUDIT_COLUMNS} FROM audit {where} UNION ALL {ledger}"
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM ({union})"
+        args: tuple[Any, ...] = (*params, *params)
+        if action:
+            sql += " WHERE action LIKE ?"
+            args = (*args, action.replace("*", "%"))
+        rows = self._query(sql + " ORDER BY time DESC LIMIT ?", (*args, limit))
         return [
             AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7])) for r in reversed(rows)
         ]
