@@ -9,6 +9,7 @@ picks the change up through the store's `config_version`.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -141,9 +142,12 @@ def parse_since(text: str | None, now: float) -> float:
     if m:
         return now - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if math.isfinite(seconds):  # `nan` would silently match nothing, `-inf` everything
+            return seconds
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
