@@ -1,4 +1,4 @@
-"""`inferd serve`, `inferd bench` (and, later, `inferd keys`, `inferd models`)."""
+"""`inferd serve`, `inferd bench`, and the governance commands (`inferd tenants|keys|budgets|...`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from inferd.cli.governance import add_governance_commands, run_governance
 from inferd.config import ServerConfig, load_server_config
 from inferd.configfile import ConfigError
 
@@ -89,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     from inferd.loadgen.openai import add_openai_arguments, main_openai
 
     add_openai_arguments(openai)
+    add_governance_commands(sub)
     args = parser.parse_args(argv)
+    if getattr(args, "governance", None) is not None:
+        return run_governance(args)
     if args.command == "serve":
         return serve(args)
     if args.command == "bench" and args.bench_command == "v2":
