@@ -231,9 +231,10 @@ class Governance:
 
     def _policy(self, principal: Principal) -> KeyPolicy:
         policy = self.snapshot.policies.get(principal.key_id)
-        if policy is None:  # revoked or its tenant deleted while the call ran: no limits left to apply
+        if policy is None:  # revoked while the call ran: its tenant's limits and budgets still apply
             key = ApiKey(principal.key_id, principal.tenant, "", frozenset({"user"}))
-            policy = KeyPolicy.of(key, Tenant(principal.tenant), ())
+            tenant = self.snapshot.tenants.get(principal.tenant) or Tenant(principal.tenant)
+            policy = KeyPolicy.of(key, tenant, self.snapshot.budgets.get(principal.tenant, ()))
         return policy
 
     def admit(self, ctx: CallContext, model: str, version: str, demand: Demand, workflow: str) -> Lease:

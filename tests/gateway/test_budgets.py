@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from inferd.errors import QuotaExceeded, RateLimited
 from inferd.gateway.budgets import ZERO, Amount, BudgetBook, period_end, period_start
-from inferd.store.records import Budget
-from tests.gateway.helpers import utc
+from inferd.gateway.governance import Consumed, Demand
+from inferd.store.records import ApiKey, Budget, Limits, Tenant
+from inferd.store.sqlite import SqliteStore
+from tests.gateway.helpers import FakeClock, ctx, new_governance, utc
 
 
 def test_period_starts_and_ends_in_utc() -> None:
@@ -78,3 +85,28 @@ def test_load_adds_ledger_sums_to_the_tenant_and_workflow_counters() -> None:
     assert book.settled("t", "", "day", now) == Amount(6, 8, 2)
     assert book.settled("t", "a", "day", now) == Amount(5, 7, 1)
     assert book.settled("t", "", "day", now + 86400) == ZERO
+
+
+async def test_a_key_revoked_while_its_call_runs_still_spends_from_its_tenants_budget(tmp_path: Path) -> None:
+    """Authentication and admission are apart (the prompt is tokenized in between) and a reload can land
+    there: the tenant's budgets and limits still apply to a key that is gone by then."""
+    store = SqliteStore(tmp_path)
+    store.put_tenant(Tenant("t"))
+    store.put_key(ApiKey("0123456789ab", "t", "h"))
+    store.put_budget(Budget("t", "tenant", "total", max_requests=1))
+    gov = new_governance(store, FakeClock())
+    try:
+        lease = gov.admit(ctx("t", "0123456789ab", "r1"), "m", "1", Demand(1, 1), "")
+        store.delete_key("0123456789ab")
+        gov.reload_soon()
+        await gov.settle(lease, Consumed(1, 1), None)
+        with pytest.raises(QuotaExceeded):
+            gov.admit(ctx("t", "0123456789ab", "r2"), "m", "1", Demand(1, 1), "")
+        store.put_budget(Budget("t", "tenant", "total", max_requests=5))
+        store.put_tenant(Tenant("t", Limits(rpm=1)))
+        gov.reload_soon()
+        gov.admit(ctx("t", "0123456789ab", "r3"), "m", "1", Demand(1, 1), "")
+        with pytest.raises(RateLimited):
+            gov.admit(ctx("t", "0123456789ab", "r4"), "m", "1", Demand(1, 1), "")
+    finally:
+        await gov.close()
