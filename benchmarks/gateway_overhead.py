@@ -133,7 +133,8 @@ def report(points: list[Point], args: argparse.Namespace, wall_s: float, ledger:
         f"server; Python {platform.python_version()}.",
         "",
         f"Model: 4-float identity (ONNX), dynamic batching on; closed loop, concurrency {CONCURRENCY}, "
-        f"{args.duration:.0f} s per point after 1 s warm-up, {args.rounds} rounds alternating off/on; medians. "
+        f"{args.duration:.0f} s per point after 1 s warm-up, {args.rounds} rounds alternating off/on; "
+        "medians. "
         "Governance on = API key + tenant rpm/tpm/concurrency limits + key rpm limit + price + total cost "
         "budget, and a usage-ledger row (plus its audit entry) committed to SQLite before every response.",
         "",
@@ -144,10 +145,11 @@ def report(points: list[Point], args: argparse.Namespace, wall_s: float, ledger:
     for protocol in args.protocols:
         for mode in ("no-auth", "governed"):
             errors = sum(p.errors for p in points if p.mode == mode and p.protocol == protocol)
+            rps, p50, p99, cores = (
+                median(points, mode, protocol, attr) for attr in ("rps", "p50_ms", "p99_ms", "server_cores")
+            )
             lines.append(
-                f"| {protocol} | {mode} | {median(points, mode, protocol, 'rps'):.1f} | "
-                f"{median(points, mode, protocol, 'p50_ms'):.2f} | {median(points, mode, protocol, 'p99_ms'):.2f} | "
-                f"{median(points, mode, protocol, 'server_cores'):.2f} | {errors} |"
+                f"| {protocol} | {mode} | {rps:.1f} | {p50:.2f} | {p99:.2f} | {cores:.2f} | {errors} |"
             )
         added = median(points, "governed", protocol, "p50_ms") - median(points, "no-auth", protocol, "p50_ms")
         lost = 1 - median(points, "governed", protocol, "rps") / median(points, "no-auth", protocol, "rps")
@@ -156,8 +158,8 @@ def report(points: list[Point], args: argparse.Namespace, wall_s: float, ledger:
               "|---|---:|---|---|---:|---|---|"]  # fmt: skip
     for protocol, added, lost in checks:
         lines.append(
-            f"| {protocol} | {added:+.2f} | ≤ 1 ms | {'yes' if added <= 1.0 else 'no'} | {lost:+.1%} | ≤ 15% | "
-            f"{'yes' if lost <= 0.15 else 'no'} |"
+            f"| {protocol} | {added:+.2f} | ≤ 1 ms | {'yes' if added <= 1.0 else 'no'} | {lost:+.1%} "
+            f"| ≤ 15% | {'yes' if lost <= 0.15 else 'no'} |"
         )
     rows, measured_ok = ledger
     lines += ["", f"Ledger check: the governed server's ledger holds {rows} rows; the measured windows alone "
@@ -198,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(1, args.rounds + 1):
             for protocol in args.protocols:
                 for mode in ("no-auth", "governed"):
-                    points.append(measure(servers[mode], mode, protocol, rnd, key if mode == "governed" else None,
-                                          args))  # fmt: skip
+                    key_of_mode = key if mode == "governed" else None
+                    points.append(measure(servers[mode], mode, protocol, rnd, key_of_mode, args))
         rows = ledger_rows(servers["governed"], states["governed"])
     finally:
         for server in servers.values():

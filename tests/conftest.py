@@ -81,7 +81,8 @@ def start_server(
 @pytest.fixture(scope="session")
 def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One shared server over the test repository (tests must not load or unload its models)."""
-    config = ServerConfig(auth=False, 
+    config = ServerConfig(
+        auth=False,
         model_repository=str(model_repo),
         http_port=0,
         grpc_port=0,

@@ -143,7 +143,7 @@ class AdminHttp:
         await self._run(self._svc.revoke_key, ctx.principal, request.path_params["key_id"])
 
     async def list_budgets(self, request: Request, ctx: CallContext) -> Any:
-        return self._svc.list_budgets(self._tenant_param(request, ctx))
+        return await self._run(self._svc.list_budgets, self._tenant_param(request, ctx))
 
     async def set_budget(self, request: Request, ctx: CallContext) -> Any:
         return await self._run(self._svc.set_budget, ctx.principal, await self._body(request))

@@ -174,7 +174,8 @@ class SqliteStore:
     def delete_tenant(self, name: str, audit: AuditEntry | None = None) -> bool:
         with self._tx() as c:
             deleted = c.execute("DELETE FROM tenants WHERE name = ?", (name,)).rowcount > 0
-            _audit(c, audit)
+            if deleted:  # a refused delete is not an admin action that happened
+                _audit(c, audit)
         return deleted
 
     def tenants(self) -> list[Tenant]:
@@ -203,7 +204,8 @@ class SqliteStore:
     def delete_key(self, key_id: str, audit: AuditEntry | None = None) -> bool:
         with self._tx() as c:
             deleted = c.execute("DELETE FROM api_keys WHERE key_id = ?", (key_id,)).rowcount > 0
-            _audit(c, audit)
+            if deleted:  # a refused delete is not an admin action that happened
+                _audit(c, audit)
         return deleted
 
     def api_keys(self, tenant: str | None = None) -> list[ApiKey]:
@@ -241,7 +243,8 @@ class SqliteStore:
                 ).rowcount
                 > 0
             )
-            _audit(c, audit)
+            if deleted:  # a refused delete is not an admin action that happened
+                _audit(c, audit)
         return deleted
 
     def budgets(self, tenant: str | None = None) -> list[Budget]:
@@ -268,7 +271,8 @@ class SqliteStore:
     def delete_price(self, model: str, audit: AuditEntry | None = None) -> bool:
         with self._tx() as c:
             deleted = c.execute("DELETE FROM prices WHERE model = ?", (model,)).rowcount > 0
-            _audit(c, audit)
+            if deleted:  # a refused delete is not an admin action that happened
+                _audit(c, audit)
         return deleted
 
     def prices(self) -> list[Price]:

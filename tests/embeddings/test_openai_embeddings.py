@@ -24,7 +24,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo = tmp_path_factory.mktemp("emb-repo")
     add_minilm_to_repository(repo, MODEL)
     state = tmp_path_factory.mktemp("emb-state")
-    config = ServerConfig(auth=False, model_repository=str(repo), http_port=0, grpc_port=0, state_dir=str(state))
+    config = ServerConfig(
+        auth=False, model_repository=str(repo), http_port=0, grpc_port=0, state_dir=str(state)
+    )
     yield from start_server(config)
 
 

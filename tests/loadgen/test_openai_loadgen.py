@@ -79,7 +79,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     )
     build_tiny_model(version, "llama", vocab_size=VOCAB)
     _word_tokenizer(version)
-    config = ServerConfig(auth=False, 
+    config = ServerConfig(
+        auth=False,
         model_repository=str(repo),
         http_port=0,
         grpc_port=0,

@@ -68,7 +68,8 @@ def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMFixture]:
         version, "llama", vocab_size=len(SPECIALS) + len(WORDS), bos_token_id=1, eos_token_id=2
     )
     tokenizer = build_tokenizer(version)
-    config = ServerConfig(auth=False, 
+    config = ServerConfig(
+        auth=False,
         model_repository=str(repo),
         http_port=0,
         grpc_port=0,

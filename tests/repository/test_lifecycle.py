@@ -38,7 +38,8 @@ def repo(model_repo: Path, tmp_path: Path) -> Path:
 
 
 def test_explicit_load_unload_reload_over_http_and_grpc(repo: Path, tmp_path: Path) -> None:
-    config = ServerConfig(auth=False, 
+    config = ServerConfig(
+        auth=False,
         model_repository=str(repo),
         http_port=0,
         grpc_port=0,

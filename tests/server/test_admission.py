@@ -59,7 +59,9 @@ def gated(tmp_path: Path) -> Iterator[tuple[RunningServer, GatedRuntime]]:
     def load(version_dir: Path, config: ModelConfig) -> GatedRuntime:
         return runtime
 
-    config = ServerConfig(auth=False, model_repository=str(repo), http_port=0, grpc_port=0, state_dir=str(tmp_path / "s"))
+    config = ServerConfig(
+        auth=False, model_repository=str(repo), http_port=0, grpc_port=0, state_dir=str(tmp_path / "s")
+    )
     for running in start_server(config, {"onnx": load}):
         yield running, runtime
         runtime.release.set()
