@@ -349,17 +349,19 @@ class SqliteStore:
             "SELECT time, 'inference' AS action, tenant, key_id, model AS target, status AS outcome, "
             "request_id, json_object('model', model, 'version', version, 'workflow', workflow, "
             "'status', status, 'prompt_tokens', prompt_tokens, 'completion_tokens', completion_tokens, "
-            "'latency_ms', latency_ms) AS detail FROM usage u "
+            "'latency_ms', latency_ms) AS detail, id FROM usage u "
             f"{where} AND NOT EXISTS (SELECT 1 FROM audit a WHERE a.request_id = u.request_id "
             "AND a.action = 'inference' AND u.request_id != '')"
         )
-        union = f"SELECT {_AUDIT_COLUMNS} FROM audit {where} UNION ALL {ledger}"
+        union = f"SELECT {_AUDIT_COLUMNS}, id FROM audit {where} UNION ALL {ledger}"
         sql = f"SELECT {_AUDIT_COLUMNS} FROM ({union})"
         args: tuple[Any, ...] = (*params, *params)
-        if action:
-            sql += " WHERE action LIKE ?"
-            args = (*args, action.replace("*", "%"))
-        rows = self._query(sql + " ORDER BY time DESC LIMIT ?", (*args, limit))
+        if action:  # only `*` is a wildcard: `_` and `%` in a pattern match themselves
+            sql += " WHERE action LIKE ? ESCAPE '\\'"
+            literal = action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            args = (*args, literal.replace("*", "%"))
+        # id breaks ties of time: entries written in one clock tick stay in the order they were written
+        rows = self._query(sql + " ORDER BY time DESC, id DESC LIMIT ?", (*args, limit))
         return [
             AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7])) for r in reversed(rows)
         ]
