@@ -107,6 +107,7 @@ class Gateway:
         """Authenticated and allowed to use `model`; else the same NotFound as an unknown model."""
         self.require(ctx)
         if not allowed(ctx.principal.models, model):
+            self.metrics.rejections.labels(ctx.principal.tenant, "access").inc()
             raise NotFound(f"unknown model {model!r}")
 
     def model(self, ctx: CallContext, name: str, version: str | None = None) -> ModelVersion:

@@ -23,6 +23,7 @@ import pytest
 import torch
 import transformers
 from onnx import TensorProto
+from prometheus_client.parser import text_string_to_metric_families
 
 from inferd import onnx_models
 from inferd.config import ServerConfig
@@ -139,6 +140,16 @@ def eventually(check: Callable[[], T], deadline_s: float = 20.0) -> T:
             if time.monotonic() > end:
                 raise
         time.sleep(0.02)
+
+
+def metric(base: str, sample: str, **labels: str) -> float | None:
+    """One sample of the server's `/metrics` (None when absent)."""
+    text = httpx.get(base + "/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
 
 
 def bearer(key: str) -> dict[str, str]:

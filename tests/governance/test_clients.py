@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -227,6 +228,15 @@ def test_tritonclient_429(
     with pytest.raises(InferenceServerException) as info:
         grpc_client.infer(IDENTITY, grpc_inputs(), headers=headers)
     assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    # The V2 REST shape itself: {"error": message}, Retry-After only when retrying can help.
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    r = httpx.post(f"{governed.base}/v2/models/{IDENTITY}/infer", json=body, headers=headers, timeout=30)
+    assert r.status_code == 429 and set(r.json()) == {"error"} and isinstance(r.json()["error"], str)
+    assert r.headers["x-request-id"]
+    if limit == "rpm":
+        assert int(r.headers["retry-after"]) >= 1 and r.headers["x-ratelimit-limit-requests"] == "2"
+    else:
+        assert "retry-after" not in r.headers
     # tritonclient drops trailing metadata; a raw stub shows what a rate limit sends along.
     request = service_pb2.ModelInferRequest(model_name=IDENTITY)
     tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, 4])

@@ -30,6 +30,7 @@ from tests.governance.conftest import (
     Governed,
     bearer,
     eventually,
+    metric,
 )
 
 PRINCIPALS = ("admin", "a", "a_xkey", "b", "none", "garbage", "forged", "expired", "disabled")
@@ -421,8 +422,13 @@ GRPC_SURFACES: list[tuple[str, Callable[[grpcclient.InferenceServerClient, str, 
 def test_hidden_model_is_a_missing_model_grpc(
     world: World, surface: str, fn: Callable[[grpcclient.InferenceServerClient, str, dict[str, str]], Any]
 ) -> None:
+    before = metric(world.governed.base, "inferd_rejections_total", tenant=world.tenant_b, reason="access")
     _same_404(world, _grpc_fetch(world, "b", fn), IDENTITY, ["beta-ghost", "gamma-ghost"])
     _same_404(world, _grpc_fetch(world, "a", fn), MLP, ["alpha-ghost", "gamma-ghost"])
+    # The operator sees access refusals per tenant (the hidden model and the unallowed missing one; a
+    # readiness probe is an answer, not a refusal).
+    after = metric(world.governed.base, "inferd_rejections_total", tenant=world.tenant_b, reason="access")
+    assert (after or 0) - (before or 0) == (0 if surface == "ready" else 2)
 
 
 def test_unload_is_admin_only(world: World) -> None:

@@ -7,9 +7,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.governance.conftest import IDENTITY, LLM, Governed, bearer
+from tests.governance.conftest import IDENTITY, LLM, Governed, bearer, metric
 
 SECRET_PROMPT = "ba fe du si zo pe"
 """A prompt whose words appear nowhere else, to look for in the audit log."""
@@ -143,16 +142,6 @@ def test_workflow_caps(governed: Governed) -> None:
     assert status["scope"] == "workflow"
 
 
-def retries_metric(governed: Governed, tenant: str) -> float:
-    text = httpx.get(governed.base + "/metrics", timeout=30).text
-    for family in text_string_to_metric_families(text):
-        if family.name == "inferd_retries":
-            for sample in family.samples:
-                if sample.name == "inferd_retries_total" and sample.labels.get("tenant") == tenant:
-                    return float(sample.value)
-    return 0.0
-
-
 def test_retries_are_linked(governed: Governed) -> None:
     """`Idempotency-Key` repeats and `x-inferd-retry-of` mark retries: per workflow in the usage report and
     in `inferd_retries_total`."""
@@ -173,4 +162,4 @@ def test_retries_are_linked(governed: Governed) -> None:
     assert (by_workflow["flaky"]["requests"], by_workflow["flaky"]["retries"]) == (4, 2)
     assert by_workflow["flaky"]["retry_rate"] == pytest.approx(0.5)
     assert (by_workflow["steady"]["requests"], by_workflow["steady"]["retries"]) == (1, 0)
-    assert retries_metric(governed, tenant) == 2
+    assert metric(governed.base, "inferd_retries_total", tenant=tenant) == 2

@@ -16,7 +16,7 @@ import pytest
 
 from inferd.gateway.budgets import ZERO, Amount
 from inferd.store.records import MICROS
-from tests.governance.conftest import CHAT_PROMPT_TOKENS, LLM, MESSAGES, Governed, bearer, eventually
+from tests.governance.conftest import CHAT_PROMPT_TOKENS, LLM, MESSAGES, Governed, bearer, eventually, metric
 
 MAX_TOKENS = 16
 RESERVATION = CHAT_PROMPT_TOKENS + MAX_TOKENS
@@ -170,6 +170,17 @@ async def test_budget_race_64_streams(governed: Governed, dimension: str) -> Non
     assert usage[0]["prompt_tokens"] + usage[0]["completion_tokens"] == tokens
     # Nothing left reserved anywhere in the server.
     assert in_flight(governed) == ZERO
+
+    # Counted per tenant and reason; the gauge shows what is left of the budget.
+    assert metric(governed.base, "inferd_rejections_total", tenant=tenant, reason="budget") == len(refused)
+    left = {"tokens": BUDGET - tokens, "cost": (BUDGETS["cost"]["max_cost"] * MICROS - cost) / MICROS,
+            "requests": 0}[dimension]  # fmt: skip
+
+    def gauged() -> None:  # the gauge follows a new budget at the config watcher's next tick
+        gauge = metric(governed.base, "inferd_budget_remaining", tenant=tenant, kind=dimension)
+        assert gauge == pytest.approx(left)
+
+    eventually(gauged)
 
     # The refusals were audited, each with its reason.
     def audited() -> None:
