@@ -7,7 +7,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ def test_config_version_bumps_on_every_change_also_from_another_connection(
 ) -> None:
     cli = SqliteStore(tmp_path)  # what the CLI opens on a running server's state dir
     try:
-        changes = [
+        changes: list[Callable[[SqliteStore], object]] = [
             lambda s: s.put_tenant(Tenant("t")),
             lambda s: s.put_tenant(Tenant("t", disabled=True)),
             lambda s: s.put_key(ApiKey("0123456789ab", "t", "h")),
@@ -160,7 +160,7 @@ def test_records_round_trip_and_tenant_updates_keep_keys_and_budgets(store: Sqli
 
 # -- usage ---------------------------------------------------------------------------------------------------
 
-rows_strategy = st.lists(
+rows_strategy: st.SearchStrategy[list[dict[str, Any]]] = st.lists(
     st.builds(
         dict,
         time=st.floats(T0 - 2 * DAY, T0 + 3 * DAY, allow_nan=False),
