@@ -57,15 +57,15 @@ def model_start(period: Period, t: float) -> float:
     return datetime(d.year, d.month, d.day if period == "day" else 1, tzinfo=UTC).timestamp()
 
 
-def model_cost(prompt: int, completion: int, inferences: int) -> int:
+PriceSpec = tuple[int, int, int]
+"""Micro-units per 1K prompt tokens, per 1K completion tokens, per inference."""
+
+
+def model_cost(price: PriceSpec, prompt: int, completion: int, inferences: int) -> int:
     def ceil_div(a: int, b: int) -> int:
         return (a + b - 1) // b
 
-    return (
-        ceil_div(prompt * PROMPT_PER_1K, 1000)
-        + ceil_div(completion * COMPLETION_PER_1K, 1000)
-        + inferences * PER_INFERENCE
-    )
+    return ceil_div(prompt * price[0], 1000) + ceil_div(completion * price[1], 1000) + inferences * price[2]
 
 
 @dataclass
@@ -86,12 +86,14 @@ class OpenLease:
 
 
 BudgetSpecs = dict[tuple[Scope, Period], tuple[int | None, int | None, int | None]]
-caps = st.one_of(st.none(), st.integers(0, 300))
-budget_specs = st.dictionaries(
-    st.tuples(st.sampled_from(SCOPES), st.sampled_from(PERIODS)),
-    st.tuples(caps, st.one_of(st.none(), st.integers(0, 2500)), st.one_of(st.none(), st.integers(0, 6))),
-    max_size=4,
+caps = st.tuples(
+    st.one_of(st.none(), st.integers(0, 300)),
+    st.one_of(st.none(), st.integers(0, 2500)),
+    st.one_of(st.none(), st.integers(0, 6)),
 )
+budget_keys = st.tuples(st.sampled_from(SCOPES), st.sampled_from(PERIODS))
+budget_specs = st.dictionaries(budget_keys, caps, max_size=4)
+prices = st.tuples(st.integers(0, 5000), st.integers(0, 5000), st.integers(0, 1000))
 demands = st.builds(Demand, st.integers(0, 60), st.integers(0, 60), st.integers(0, 2))
 
 
@@ -104,11 +106,15 @@ class BudgetMachine(RuleBasedStateMachine):
         self.store = SqliteStore(self.dir)
         self.gov: Governance | None = None
         self.budgets: dict[str, list[Budget]] = {t: [] for t in TENANTS}
+        self.unsound: set[Budget] = set()
+        """Budgets set below what was already settled or in flight: they cannot hold this period."""
+        self.price: PriceSpec = (PROMPT_PER_1K, COMPLETION_PER_1K, PER_INFERENCE)
         self.events: list[Event] = []
         self.open: list[OpenLease] = []
         self.requests = 0
         self.refusals = 0
         self.restarts = 0
+        self.events_at_restart = 0
 
     @initialize(start=st.sampled_from(STARTS), t1=budget_specs, t2=budget_specs)
     def setup(self, start: float, t1: BudgetSpecs, t2: BudgetSpecs) -> None:
@@ -159,12 +165,21 @@ class BudgetMachine(RuleBasedStateMachine):
 
     # -- rules -----------------------------------------------------------------------------------------
 
-    @rule(tenant=st.sampled_from(TENANTS), workflow=st.sampled_from(WORKFLOWS), demand=demands)
-    def admit(self, tenant: str, workflow: str, demand: Demand) -> None:
+    @rule(
+        calls=st.lists(
+            st.tuples(st.sampled_from(TENANTS), st.sampled_from(WORKFLOWS), demands), min_size=1, max_size=4
+        )
+    )
+    def admit(self, calls: list[tuple[str, str, Demand]]) -> None:
+        """A few requests arrive at once."""
+        for tenant, workflow, demand in calls:
+            self.admit_one(tenant, workflow, demand)
+
+    def admit_one(self, tenant: str, workflow: str, demand: Demand) -> None:
         assert self.gov is not None
         asked = Amount(
             demand.tokens,
-            model_cost(demand.prompt_tokens, demand.completion_tokens, demand.inferences),
+            model_cost(self.price, demand.prompt_tokens, demand.completion_tokens, demand.inferences),
             1,
         )
         expected = self.overruns(tenant, workflow, asked)
@@ -201,7 +216,9 @@ class BudgetMachine(RuleBasedStateMachine):
         completion = min(consumed.completion_tokens, d.completion_tokens)
         exc = RuntimeError("runtime failed") if failed else None
         cost = self.loop.run_until_complete(self.gov.settle(o.lease, consumed, exc))
-        expected = Amount(prompt + completion, model_cost(prompt, completion, d.inferences), 1)
+        # Never more than the reservation, also when the price went up since admission.
+        charged = min(model_cost(self.price, prompt, completion, d.inferences), o.reserved.cost_micros)
+        expected = Amount(prompt + completion, charged, 1)
         assert cost == expected.cost_micros
         self.events.append(Event(self.clock.now, o.tenant, o.workflow, expected))
 
@@ -213,10 +230,42 @@ class BudgetMachine(RuleBasedStateMachine):
         self.gov.release(o.lease)
         self.gov.release(o.lease)  # twice: a no-op
 
+    @rule(tenant=st.sampled_from(TENANTS), key=budget_keys, limits=caps)
+    def set_budget(self, tenant: str, key: tuple[Scope, Period], limits: tuple[int | None, ...]) -> None:
+        """An operator sets (or replaces) a budget at run time; it applies at once to what is settled."""
+        assert self.gov is not None
+        budget = Budget(tenant, *key, *limits)
+        self.store.put_budget(budget)
+        self.gov.reload_soon()
+        self.budgets[tenant] = [b for b in self.budgets[tenant] if (b.scope, b.period) != key] + [budget]
+        for slot in ("wa", "wb") if budget.scope == "workflow" else ("",):
+            used = self.settled(tenant, slot, budget.period) + self.in_flight(tenant, slot)
+            for cap, value in zip(limits, (used.tokens, used.cost_micros, used.requests), strict=True):
+                if cap is not None and value > cap:
+                    self.unsound.add(budget)
+
+    @precondition(lambda self: any(self.budgets.values()))
+    @rule(pick=st.integers(0, 1000))
+    def delete_budget(self, pick: int) -> None:
+        assert self.gov is not None
+        every = [b for t in TENANTS for b in self.budgets[t]]
+        budget = every[pick % len(every)]
+        assert self.store.delete_budget(budget.tenant, budget.scope, budget.period)
+        self.gov.reload_soon()
+        self.budgets[budget.tenant].remove(budget)
+
+    @rule(price=prices)
+    def set_price(self, price: PriceSpec) -> None:
+        assert self.gov is not None
+        self.store.put_price(Price(MODEL, *price))
+        self.gov.reload_soon()
+        self.price = price
+
     @rule(seconds=st.one_of(st.sampled_from(STEPS_S), st.integers(0, 3 * 86400)))
     def advance(self, seconds: int) -> None:
         self.clock.advance(seconds)
 
+    @precondition(lambda self: len(self.events) > self.events_at_restart)
     @rule()
     def restart(self) -> None:
         """The process dies (open leases never settle) and a new one rebuilds budgets from the ledger."""
@@ -227,6 +276,7 @@ class BudgetMachine(RuleBasedStateMachine):
         self.store = SqliteStore(self.dir)
         self.gov = new_governance(self.store, self.clock)
         self.restarts += 1
+        self.events_at_restart = len(self.events)
         assert self.counters(self.gov) == live
 
     def counters(self, gov: Governance) -> dict[tuple[str, str, Period], Amount]:
@@ -250,6 +300,8 @@ class BudgetMachine(RuleBasedStateMachine):
     def settled_within_caps(self) -> None:
         for tenant, budgets in self.budgets.items():
             for b in budgets:
+                if b in self.unsound:
+                    continue
                 for slot in ("wa", "wb") if b.scope == "workflow" else ("",):
                     used = self.settled(tenant, slot, b.period)
                     for cap, value in (
@@ -285,7 +337,7 @@ class BudgetMachine(RuleBasedStateMachine):
 STATS: list[tuple[int, int, int]] = []
 
 BudgetMachine.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=100,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
