@@ -4,6 +4,8 @@ error type with the protocol's status for 401, 404 and 429."""
 
 from __future__ import annotations
 
+import contextlib
+import queue
 from collections.abc import Iterator
 from typing import Any
 
@@ -253,3 +255,32 @@ def test_tritonclient_429(
         assert trailing["x-ratelimit-remaining-requests"] == "0"
     else:
         assert "retry-after" not in trailing  # a spent budget is not retryable
+
+
+def test_tritonclient_grpc_stream(governed: Governed) -> None:
+    """The bidirectional stream authenticates once, then admits each message against the budget."""
+    tenant = governed.admin.tenant("triton-stream")
+    _, key = governed.admin.create_key(tenant, models=["alpha*"])
+    governed.admin.budget(tenant, period="total", max_requests=2)
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+
+    client = grpcclient.InferenceServerClient(governed.server.grpc_url)
+    try:
+        client.start_stream(lambda result, error: results.put((result, error)), headers={"x-api-key": key})
+        for i in range(3):
+            client.async_stream_infer(IDENTITY, grpc_inputs(), request_id=str(i))
+        got = [results.get(timeout=30) for _ in range(3)]
+        client.stop_stream()
+        ok = [r for r, e in got if e is None]
+        refused = [e for r, e in got if e is not None]
+        assert len(ok) == 2 and len(refused) == 1
+        assert "budget" in refused[0].message()
+        # Without a key the stream itself is refused, reported through the callback.
+        client.start_stream(lambda result, error: results.put((result, error)), headers={})
+        with contextlib.suppress(InferenceServerException):  # the stream may already be closed
+            client.async_stream_infer(IDENTITY, grpc_inputs())
+        result, error = results.get(timeout=30)
+        assert result is None and error.status() == "StatusCode.UNAUTHENTICATED"
+        client.stop_stream()
+    finally:
+        client.close()
