@@ -44,7 +44,8 @@ def test_serve_demo_repository_on_free_ports(tmp_path: Path) -> None:
         out = httpx.post(f"{base}/v2/models/mlp/infer", json=doc, headers=auth)
         assert out.status_code == 200 and out.json()["outputs"][0]["shape"] == [1, 10]
         assert out.headers["x-request-id"]
-        assert "inferd_requests_total" in httpx.get(f"{base}/metrics").text
+        assert httpx.get(f"{base}/metrics").status_code == 401  # tenant names and spend: admin only
+        assert "inferd_requests_total" in httpx.get(f"{base}/metrics", headers=auth).text
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

@@ -25,6 +25,7 @@ from inferd.gateway.governance import ADMIN_KEY_FILE, Governance, ensure_admin_k
 from inferd.gateway.stage import Gateway
 from inferd.metrics.registry import Metrics
 from inferd.repository.manager import ModelManager, RuntimeLoader
+from inferd.server import status
 from inferd.server.admin_api import AdminHttp
 from inferd.server.grpc_v2 import V2Grpc
 from inferd.server.http_v2 import V2Http, error_response
@@ -75,7 +76,18 @@ class InferdServer:
         admin = AdminHttp(self.gateway, self.config.max_request_bytes)
 
         async def metrics(request: Request) -> Response:
-            return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+            # Metrics carry every tenant's names, tokens and cost: with auth on, only admin keys read them
+            # (Prometheus sends one with `authorization` in its scrape config).
+            ctx = self.gateway.begin("http", request.headers, status.http_code_label)
+            try:
+                self.gateway.require_admin(ctx)
+            except Exception as exc:
+                return error_response(exc, ctx.request_id)
+            return Response(
+                self.metrics.render(),
+                media_type="text/plain; version=0.0.4; charset=utf-8",
+                headers={"x-request-id": ctx.request_id},
+            )
 
         async def not_found(request: Request, exc: Exception) -> Response:
             code = getattr(exc, "status_code", 404)

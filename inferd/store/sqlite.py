@@ -117,8 +117,11 @@ class SqliteStore:
         self._conn = connect(self.path)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
-        with self._lock:
+        try:
             self.schema_version = migrate(self._conn)
+        except BaseException:
+            self._conn.close()
+            raise
 
     def close(self) -> None:
         with self._lock:

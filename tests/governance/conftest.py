@@ -142,9 +142,9 @@ def eventually(check: Callable[[], T], deadline_s: float = 20.0) -> T:
         time.sleep(0.02)
 
 
-def metric(base: str, sample: str, **labels: str) -> float | None:
-    """One sample of the server's `/metrics` (None when absent)."""
-    text = httpx.get(base + "/metrics", timeout=30).text
+def metric(governed: Governed, sample: str, **labels: str) -> float | None:
+    """One sample of the server's `/metrics` (None when absent); metrics need the admin key."""
+    text = governed.admin.http.get("/metrics").text
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):

@@ -422,12 +422,12 @@ GRPC_SURFACES: list[tuple[str, Callable[[grpcclient.InferenceServerClient, str, 
 def test_hidden_model_is_a_missing_model_grpc(
     world: World, surface: str, fn: Callable[[grpcclient.InferenceServerClient, str, dict[str, str]], Any]
 ) -> None:
-    before = metric(world.governed.base, "inferd_rejections_total", tenant=world.tenant_b, reason="access")
+    before = metric(world.governed, "inferd_rejections_total", tenant=world.tenant_b, reason="access")
     _same_404(world, _grpc_fetch(world, "b", fn), IDENTITY, ["beta-ghost", "gamma-ghost"])
     _same_404(world, _grpc_fetch(world, "a", fn), MLP, ["alpha-ghost", "gamma-ghost"])
     # The operator sees access refusals per tenant (the hidden model and the unallowed missing one; a
     # readiness probe is an answer, not a refusal).
-    after = metric(world.governed.base, "inferd_rejections_total", tenant=world.tenant_b, reason="access")
+    after = metric(world.governed, "inferd_rejections_total", tenant=world.tenant_b, reason="access")
     assert (after or 0) - (before or 0) == (0 if surface == "ready" else 2)
 
 
@@ -494,3 +494,13 @@ def test_tenants_never_see_each_other(world: World) -> None:
     for tenant in (world.tenant_a, world.tenant_b):
         entries = world.governed.admin.audit(tenant)
         assert entries and {e["tenant"] for e in entries} == {tenant}
+
+
+def test_metrics_are_admin_only(world: World) -> None:
+    # Per-tenant series name every tenant and its spend: no tenant key may read them.
+    base = world.governed.base
+    assert httpx.get(base + "/metrics").status_code == 401
+    for caller in ("a", "b"):
+        r = httpx.get(base + "/metrics", headers=world.headers[caller])
+        assert r.status_code == 403 and "admin" in r.json()["error"]
+    assert "inferd_tokens_total" in world.governed.admin.http.get("/metrics").text

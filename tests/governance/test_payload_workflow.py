@@ -162,4 +162,4 @@ def test_retries_are_linked(governed: Governed) -> None:
     assert (by_workflow["flaky"]["requests"], by_workflow["flaky"]["retries"]) == (4, 2)
     assert by_workflow["flaky"]["retry_rate"] == pytest.approx(0.5)
     assert (by_workflow["steady"]["requests"], by_workflow["steady"]["retries"]) == (1, 0)
-    assert metric(governed.base, "inferd_retries_total", tenant=tenant) == 2
+    assert metric(governed, "inferd_retries_total", tenant=tenant) == 2

@@ -172,12 +172,12 @@ async def test_budget_race_64_streams(governed: Governed, dimension: str) -> Non
     assert in_flight(governed) == ZERO
 
     # Counted per tenant and reason; the gauge shows what is left of the budget.
-    assert metric(governed.base, "inferd_rejections_total", tenant=tenant, reason="budget") == len(refused)
+    assert metric(governed, "inferd_rejections_total", tenant=tenant, reason="budget") == len(refused)
     left = {"tokens": BUDGET - tokens, "cost": (BUDGETS["cost"]["max_cost"] * MICROS - cost) / MICROS,
             "requests": 0}[dimension]  # fmt: skip
 
     def gauged() -> None:  # the gauge follows a new budget at the config watcher's next tick
-        gauge = metric(governed.base, "inferd_budget_remaining", tenant=tenant, kind=dimension)
+        gauge = metric(governed, "inferd_budget_remaining", tenant=tenant, kind=dimension)
         assert gauge == pytest.approx(left)
 
     eventually(gauged)
