@@ -65,6 +65,10 @@ class Gateway:
         self.governance = governance
         self._request_ids = RequestIds()
 
+    def request_id(self, given: str | None = None) -> str:
+        """The client's request id when usable, else a new one."""
+        return self._request_ids(given)
+
     # -- identity and access -------------------------------------------------------------------------
 
     def begin(

@@ -95,16 +95,23 @@ class V2Http:
         ]
 
     def _guard(self, handler: Handler) -> Handler:
+        """Errors in the V2 shape, and an `x-request-id` on every response (the client's, or a new one)."""
+
         async def guarded(request: Request) -> Response:
+            request_id = self.gateway.request_id(request.headers.get("x-request-id"))
+            request.state.request_id = request_id
             try:
-                return await handler(request)
+                response = await handler(request)
             except Exception as exc:
-                return error_response(exc, request.headers.get("x-request-id"))
+                return error_response(exc, request_id)
+            response.headers.setdefault("x-request-id", request_id)
+            return response
 
         return guarded
 
     def _begin(self, request: Request) -> CallContext:
-        return self.gateway.begin("http", request.headers, status.http_code_label)
+        request_id = getattr(request.state, "request_id", None)
+        return self.gateway.begin("http", request.headers, status.http_code_label, request_id)
 
     async def live(self, request: Request) -> Response:
         live = self.dataplane.live()

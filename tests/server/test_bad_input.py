@@ -607,3 +607,12 @@ def test_server_still_serves(http: httpx.Client, stub: service_pb2_grpc.GRPCInfe
     reply = stub.ModelInfer(raw_fp32(), timeout=60)
     assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [0.0] * 4
     assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=60).ready
+
+
+def test_every_v2_response_carries_a_request_id(server: RunningServer) -> None:
+    base = f"http://{server.http_url}"
+    for path in ("/v2/health/live", "/v2", "/v2/models/mlp", "/v2/models/nope", "/v2/models/mlp/config"):
+        r = httpx.get(base + path)
+        assert r.headers.get("x-request-id"), path
+        echoed = httpx.get(base + path, headers={"x-request-id": "abc-123"})
+        assert echoed.headers["x-request-id"] == "abc-123", path
