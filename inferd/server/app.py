@@ -25,7 +25,7 @@ from inferd.gateway.governance import ADMIN_KEY_FILE, Governance, ensure_admin_k
 from inferd.gateway.stage import Gateway
 from inferd.metrics.registry import Metrics
 from inferd.repository.manager import ModelManager, RuntimeLoader
-from inferd.server import status
+from inferd.server import openapi, status
 from inferd.server.admin_api import AdminHttp
 from inferd.server.grpc_v2 import V2Grpc
 from inferd.server.http_v2 import V2Http, error_response
@@ -106,6 +106,7 @@ class InferdServer:
                 *openai.routes(),
                 *admin.routes(),
                 Route("/metrics", metrics, methods=["GET"]),
+                openapi.route(),
             ],
             exception_handlers={404: not_found, 405: not_found, 500: internal},
         )
