@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import sys
@@ -24,6 +25,7 @@ import aiohttp
 import numpy as np
 
 from inferd.loadgen.auth import add_api_key_argument, auth_headers
+from inferd.loadgen.profile import Sample, add_profile_arguments, format_profile, profile_options, run_profile
 from inferd.loadgen.shape import check_load_shape
 from inferd.loadgen.stats import LatencySummary, summarize
 from inferd.loadgen.v2 import run_sync
@@ -420,6 +422,10 @@ def add_openai_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of prompts and arrivals")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_api_key_argument(parser)
+    add_profile_arguments(parser)
+    parser.add_argument(
+        "--duration", type=float, default=20.0, help="--profile: seconds per step (default 20)"
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> OpenAIBenchOptions:
@@ -443,6 +449,8 @@ def options_from_args(args: argparse.Namespace) -> OpenAIBenchOptions:
 
 def main_openai(args: argparse.Namespace) -> int:
     """`inferd bench openai`: 0 when some requests succeeded, 1 when none did, 2 when it could not start."""
+    if args.profile == "step":
+        return _main_profile(args)
     try:
         result = run_openai_sync(options_from_args(args))
     except (BenchError, ValueError) as e:
@@ -453,6 +461,37 @@ def main_openai(args: argparse.Namespace) -> int:
     else:
         print(format_result(result))
     return 0 if result.ok else 1
+
+
+def _main_profile(args: argparse.Namespace) -> int:
+    """`--profile step`: capacity from `--num-requests` at `--concurrency` (closed loop), then open-loop
+    steps of `--duration` seconds each."""
+    try:
+        profile = profile_options(args)
+        if not args.duration > 0:
+            raise ValueError("--duration must be > 0")
+        base = options_from_args(args)
+        closed = dataclasses.replace(base, concurrency=base.concurrency or 32, rate=None, progress=False)
+
+        def capacity() -> float:
+            return run_openai_sync(closed).request_rate
+
+        def step(rate: float) -> list[Sample]:
+            count = max(1, round(rate * args.duration))
+            opts = dataclasses.replace(
+                base, concurrency=None, rate=rate, num_requests=count, warmup_requests=0, progress=False
+            )
+            return [Sample(o.sent, o.done, o.error, o.ttft) for o in run_openai_sync(opts).outcomes]
+
+        cap, reports = run_profile(profile, args.duration, capacity, step)
+    except (BenchError, ValueError) as e:
+        print(f"inferd bench openai: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"capacity_rps": cap, "steps": [r.to_dict() for r in reports]}, allow_nan=False))
+    else:
+        print(format_profile(cap, reports))
+    return 0 if any(r.admitted for r in reports) else 1
 
 
 def format_result(result: OpenAIBenchResult) -> str:

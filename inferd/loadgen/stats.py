@@ -131,6 +131,8 @@ class Recorder:
     last_end: float = -math.inf
     seen_ok: int = 0
     seen_errors: int = 0
+    samples: list[tuple[float, float, str | None]] | None = None
+    """When a list: every request of the window as (sent, done, error kind or None) (step profiles)."""
 
     def __post_init__(self) -> None:
         if self.window_end < self.window_start:
@@ -148,6 +150,8 @@ class Recorder:
         if not self.in_window(sent_at):
             return
         self.last_end = max(self.last_end, done_at)
+        if self.samples is not None:
+            self.samples.append((sent_at, done_at, error))
         if error is None:
             self.latencies.append(done_at - sent_at)
             self.items += items

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import sys
@@ -21,6 +22,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from inferd.loadgen.auth import add_api_key_argument
+from inferd.loadgen.profile import (
+    Sample,
+    StepReport,
+    add_profile_arguments,
+    format_profile,
+    profile_options,
+    run_profile,
+)
 from inferd.loadgen.progress import Progress
 from inferd.loadgen.shape import check_load_shape
 from inferd.loadgen.stats import Recorder, RunStats
@@ -75,6 +84,10 @@ class V2BenchOptions:
     """Draw a progress bar on stderr."""
     api_key: str | None = None
     """Sent as `Authorization: Bearer` (REST header, gRPC metadata)."""
+    keep_samples: bool = False
+    """Keep every request's (sent, done, error) in the result (step profiles)."""
+    check_first: bool = True
+    """Fail the run when the first request fails (a profile step past capacity may see it refused)."""
 
     def __post_init__(self) -> None:
         check_load_shape(self.concurrency, self.rate)
@@ -105,6 +118,8 @@ class V2BenchResult:
     """CPU time this process spent during the run (all threads): the client's own cost."""
     wall_s: float = 0.0
     """Wall time of the run, warm-up and drain included."""
+    samples: list[tuple[float, float, str | None]] = field(default_factory=list)
+    """With `keep_samples`: every measured request as (sent, done, error)."""
 
     def to_dict(self) -> dict[str, Any]:
         o = self.options
@@ -155,11 +170,13 @@ async def run_v2(opts: V2BenchOptions) -> V2BenchResult:
             raise BenchError(f"model metadata from {opts.url}: {type(e).__name__}: {e}") from e
         sender.prepare(meta, opts.batch_size, opts.seed)
         first = await sender.send()
-        if first is not None:
+        if first is not None and opts.check_first:
             raise BenchError(f"first request to {opts.model!r} failed: {first[0]}: {first[1]}")
         rows = rows_per_request(meta, opts.batch_size)
         start, cpu_start = time.perf_counter(), time.process_time()
         rec = Recorder(start + opts.warmup_s, start + opts.warmup_s + opts.duration_s)
+        if opts.keep_samples:
+            rec.samples = []
         examples: dict[str, str] = {}
         progress = Progress(start, rec.window_end, rec) if opts.progress else None
         if progress is not None:
@@ -175,7 +192,7 @@ async def run_v2(opts: V2BenchOptions) -> V2BenchResult:
                 await progress.stop()
         version = opts.model_version or (meta.versions[0] if meta.versions else None)
         cpu_s, wall_s = time.process_time() - cpu_start, time.perf_counter() - start
-        return V2BenchResult(opts, version, rows, rec.stats(), examples, cpu_s, wall_s)
+        return V2BenchResult(opts, version, rows, rec.stats(), examples, cpu_s, wall_s, rec.samples or [])
     finally:
         await sender.close()
 
@@ -270,6 +287,7 @@ def add_v2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs and arrivals")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_api_key_argument(parser)
+    add_profile_arguments(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> V2BenchOptions:
@@ -293,6 +311,8 @@ def options_from_args(args: argparse.Namespace) -> V2BenchOptions:
 
 def main_v2(args: argparse.Namespace) -> int:
     """`inferd bench v2`: 0 when some requests succeeded, 1 when none did, 2 when the run could not start."""
+    if args.profile == "step":
+        return _main_profile(args)
     try:
         result = run_v2_sync(options_from_args(args))
     except (BenchError, ValueError) as e:
@@ -303,6 +323,38 @@ def main_v2(args: argparse.Namespace) -> int:
     else:
         print(format_result(result))
     return 0 if result.stats.ok > 0 else 1
+
+
+def _main_profile(args: argparse.Namespace) -> int:
+    """`--profile step`: capacity from a closed loop at --concurrency (default 64), then open-loop steps."""
+    try:
+        profile = profile_options(args)
+        base = options_from_args(args)
+        closed = dataclasses.replace(base, concurrency=base.concurrency or 64, rate=None, progress=False)
+
+        def capacity() -> float:
+            return run_v2_sync(closed).stats.throughput_rps
+
+        def step(rate: float) -> list[Sample]:
+            opts = dataclasses.replace(
+                base, concurrency=None, rate=rate, keep_samples=True, check_first=False, progress=False
+            )
+            return [Sample(s, d, e) for s, d, e in run_v2_sync(opts).samples]
+
+        def show(report: StepReport) -> None:
+            if not args.json:
+                done = f"{report.admitted} admitted, {report.refused} refused"
+                print(f"step {report.multiplier:g}x done: {done}", file=sys.stderr)
+
+        cap, reports = run_profile(profile, base.duration_s, capacity, step, show)
+    except (BenchError, ValueError) as e:
+        print(f"inferd bench v2: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"capacity_rps": cap, "steps": [r.to_dict() for r in reports]}, allow_nan=False))
+    else:
+        print(format_profile(cap, reports))
+    return 0 if any(r.admitted for r in reports) else 1
 
 
 def format_result(result: V2BenchResult) -> str:
