@@ -8,8 +8,16 @@ A step of the engine loop:
     updates = scheduler.update_from_output(output, result) # RequestUpdate per request: tokens, finish
 """
 
-from inferd.engine.config import CacheConfig, EngineConfig, SchedulerConfig, kv_bytes_per_block
+from inferd.engine.admission import DrainRate
+from inferd.engine.config import (
+    CacheConfig,
+    EngineConfig,
+    FairnessConfig,
+    SchedulerConfig,
+    kv_bytes_per_block,
+)
 from inferd.engine.errors import ContextLengthExceeded, InsufficientKVCache, KVCacheTooSmall
+from inferd.engine.fairness import FairShare
 from inferd.engine.kv_cache_manager import KVCacheManager, PrefixCacheStats, PrefixHit
 from inferd.engine.outputs import (
     CachedRequestData,
@@ -21,8 +29,8 @@ from inferd.engine.outputs import (
     SchedulerOutput,
     SchedulerStats,
 )
-from inferd.engine.policy import FewestComputedVictimPolicy, PriorityPolicy, SchedulingPolicy
-from inferd.engine.request import EngineRequest, FinishReason, RequestStatus, split_samples
+from inferd.engine.policy import FewestComputedVictimPolicy, PriorityPolicy, SchedulingPolicy, WaitingQueue
+from inferd.engine.request import EngineRequest, FinishReason, Priority, RequestStatus, split_samples
 from inferd.engine.sampling_params import SamplingParams
 from inferd.engine.scheduler import Scheduler
 
@@ -30,8 +38,11 @@ __all__ = [
     "CacheConfig",
     "CachedRequestData",
     "ContextLengthExceeded",
+    "DrainRate",
     "EngineConfig",
     "EngineRequest",
+    "FairShare",
+    "FairnessConfig",
     "FewestComputedVictimPolicy",
     "FinishReason",
     "InsufficientKVCache",
@@ -40,6 +51,7 @@ __all__ = [
     "NewRequestData",
     "PrefixCacheStats",
     "PrefixHit",
+    "Priority",
     "PriorityPolicy",
     "RequestStatus",
     "RequestUpdate",
@@ -52,6 +64,7 @@ __all__ = [
     "SchedulerOutput",
     "SchedulerStats",
     "SchedulingPolicy",
+    "WaitingQueue",
     "kv_bytes_per_block",
     "split_samples",
 ]

@@ -12,7 +12,12 @@ OpenMP (torch's CPU threading) each thread that ever ran a parallel region keeps
 once the process holds more pool threads than CPUs every parallel region pays a futex sleep and wake-up
 instead of a spin (measured on 2 cores: 31 ms per decode step when the engine steps on the thread that loaded
 it, 49 ms when it steps on another). A crash of the loop fails every open stream with `ExecutionFailed`
-and refuses later requests (`NotReady`): never a silent hang. Torch-free: the engine is any `EngineCore`.
+and refuses later requests (`NotReady`), sets `failure` and calls `on_failure`: never a silent hang.
+
+Admission: `generate` refuses at once (QueueFull, without waiting for the engine thread) when the
+scheduler's waiting queue plus the requests on their way to it are at the scheduler's bounds; the engine
+thread checks again when it queues the request. A request carries a tenant (fair sharing), a priority tier
+and a deadline (dropped with DeadlineExceeded once it passes). Torch-free: the engine is any `EngineCore`.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from inferd.engine.request import FinishReason
 from inferd.engine.sampling_params import SamplingParams
 from inferd.engine.scheduler import Scheduler
 from inferd.engine.tokenizer import IncrementalDetokenizer, Tokenizer
-from inferd.errors import ExecutionFailed, NotReady
+from inferd.errors import DeadlineExceeded, ExecutionFailed, NotReady
 from inferd.generation import GenerationChunk, TokenLogprob, Usage
 
 log = logging.getLogger("inferd.engine")
@@ -90,6 +95,8 @@ class _Add:
     skip_special_tokens: bool
     priority: int
     cache_salt: str | None
+    tenant: str
+    deadline: float | None
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,7 @@ class AsyncLLMEngine:
         build: Callable[[], EngineCore] | None = None,
         name: str = "llm",
         on_step: Callable[[SchedulerStats], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         """Start the loop over `engine`, or over the engine `build` returns when called on the loop's thread
         (then this blocks until it returned, and raises what it raised)."""
@@ -171,6 +179,8 @@ class AsyncLLMEngine:
         self.tokenizer = tokenizer
         self.on_step = on_step
         """Called on the engine thread after every step with the scheduler's statistics."""
+        self.on_failure = on_failure
+        """Called on the engine thread, with `failure`, when the loop crashed (streams already failed)."""
         self._cv = threading.Condition()
         self._inbox: list[_Add | _Abort] = []
         self._samples: dict[str, _Sample] = {}
@@ -178,6 +188,11 @@ class AsyncLLMEngine:
         self._ids = itertools.count()
         self._closed = False
         self._error: BaseException | None = None
+        self._stopped: BaseException | None = None
+        """Set when the loop ended: what a command posted afterwards fails with."""
+        self._pending = (0, 0)
+        """Requests and prompt tokens posted but not yet taken by the engine thread."""
+        self._step_started: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
         self._built.wait()
@@ -196,6 +211,19 @@ class AsyncLLMEngine:
     def num_open_streams(self) -> int:
         return len(self._streams)
 
+    @property
+    def failure(self) -> str | None:
+        """Why the engine loop crashed (every stream failed, new requests refused); None while it serves."""
+        if self._error is None:
+            return None
+        return f"the engine failed: {type(self._error).__name__}: {self._error}"
+
+    @property
+    def step_seconds(self) -> float:
+        """How long the step in progress has run (0 between steps): a watchdog's view of a hung step."""
+        started = self._step_started
+        return 0.0 if started is None else max(0.0, time.monotonic() - started)
+
     async def generate(
         self,
         prompt_token_ids: Sequence[int],
@@ -207,10 +235,20 @@ class AsyncLLMEngine:
         skip_special_tokens: bool = True,
         priority: int = 0,
         cache_salt: str | None = None,
+        tenant: str = "",
+        deadline: float | None = None,
     ) -> RequestStream:
-        """Queue a request; returns its stream once the engine accepted it. Raises the engine's refusal
-        (InvalidInput: context length, KV cache too small) or NotReady when the engine is stopped."""
+        """Queue a request; returns its stream once the engine accepted it. `priority` is the service tier
+        (`Priority`: 0 interactive, 1 batch; lower first), `tenant` the unit of fair sharing, `deadline` a
+        `time.monotonic()` value after which the request is dropped (DeadlineExceeded, on the stream if it
+        started). Raises the engine's refusal (InvalidInput: context length, KV cache too small; QueueFull
+        with `retry_after_s`; DeadlineExceeded) or NotReady when the engine is stopped or failed."""
         self._check_alive()
+        num_requests, num_tokens = params.n, params.n * len(prompt_token_ids)
+        pending_requests, pending_tokens = self._pending
+        self.engine.scheduler.check_admission(
+            num_requests, num_tokens, pending_requests=pending_requests, pending_tokens=pending_tokens
+        )
         internal_id = f"{request_id or 'req'}-{next(self._ids)}"
         stream = RequestStream(
             internal_id,
@@ -221,7 +259,10 @@ class AsyncLLMEngine:
             self,
             asyncio.get_running_loop(),
         )
-        self._post(_Add(stream, prompt_token_ids, params, skip_special_tokens, priority, cache_salt))
+        add = _Add(
+            stream, prompt_token_ids, params, skip_special_tokens, priority, cache_salt, tenant, deadline
+        )
+        self._post(add)
         try:
             first = await stream._next()
         except BaseException:
@@ -251,7 +292,17 @@ class AsyncLLMEngine:
 
     def _post(self, command: _Add | _Abort) -> None:
         with self._cv:
+            if self._stopped is not None:  # the loop is gone: nobody would answer
+                if isinstance(command, _Add):
+                    command.stream.post(self._stopped)
+                return
             self._inbox.append(command)
+            if isinstance(command, _Add):
+                requests, tokens = self._pending
+                self._pending = (
+                    requests + command.params.n,
+                    tokens + command.params.n * len(command.prompt_token_ids),
+                )
             self._cv.notify()
 
     # ---- the engine thread
@@ -275,10 +326,15 @@ class AsyncLLMEngine:
                     if self._closed:
                         break
                     inbox, self._inbox = self._inbox, []
+                    self._pending = (0, 0)
                 for command in inbox:
                     self._apply(command)
                 if self.engine.has_unfinished_requests():
-                    self._process(self.engine.step())
+                    self._step_started = time.monotonic()
+                    updates = self.engine.step()
+                    self._step_started = None
+                    self._process(updates)
+                    self._fail_expired()
                 if self.on_step is not None:
                     self.on_step(self.engine.stats())
         except BaseException as exc:
@@ -287,8 +343,11 @@ class AsyncLLMEngine:
             failure: BaseException = ExecutionFailed(f"the engine failed: {type(exc).__name__}: {exc}")
         else:
             failure = NotReady("the engine is shut down")
+        self._step_started = None
+        reason = self.failure
         with self._cv:
             pending, self._inbox = self._inbox, []
+            self._stopped = failure if reason is None else NotReady(reason)
         for command in pending:
             if isinstance(command, _Add):
                 command.stream.post(failure)
@@ -296,6 +355,11 @@ class AsyncLLMEngine:
             stream.post(failure)
         self._streams.clear()
         self._samples.clear()
+        if reason is not None and self.on_failure is not None:
+            try:
+                self.on_failure(reason)
+            except Exception:
+                log.exception("on_failure raised")
 
     def _apply(self, command: _Add | _Abort) -> None:
         if isinstance(command, _Abort):
@@ -307,13 +371,14 @@ class AsyncLLMEngine:
             return
         stream = command.stream
         try:
-            sample_ids = self.engine.add_request(
-                stream.request_id,
-                command.prompt_token_ids,
-                command.params,
-                priority=command.priority,
-                cache_salt=command.cache_salt,
-            )
+            with self.engine.scheduler.tagging(tenant=command.tenant, deadline=command.deadline):
+                sample_ids = self.engine.add_request(
+                    stream.request_id,
+                    command.prompt_token_ids,
+                    command.params,
+                    priority=command.priority,
+                    cache_salt=command.cache_salt,
+                )
         except Exception as exc:
             stream.post(exc)
             return
@@ -358,6 +423,21 @@ class AsyncLLMEngine:
                 if stream._remaining == 0:
                     self._streams.pop(stream.request_id, None)
                     stream.post(_DONE)
+
+    def _fail_expired(self) -> None:
+        """Fail the streams of requests the scheduler dropped at their deadline."""
+        for sample_id in self.engine.scheduler.take_expired():
+            sample = self._samples.pop(sample_id, None)
+            if sample is None:
+                continue
+            stream = sample.stream
+            if self._streams.pop(stream.request_id, None) is None:
+                continue  # another sample of the same request already failed it
+            self.engine.abort_requests([stream.request_id])
+            for other in [k for k, v in self._samples.items() if v.stream is stream]:
+                del self._samples[other]
+            when = "before it started" if stream.usage.completion_tokens == 0 else "during generation"
+            stream.post(DeadlineExceeded(f"the request's deadline passed {when} (LLM engine)"))
 
     def _logprobs(self, update: RequestUpdate) -> tuple[TokenLogprob, ...]:
         if not update.logprobs:

@@ -5,9 +5,33 @@ Parsing files and environment happens at the edge (`inferd/configfile.py`); thes
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from inferd.engine.errors import InsufficientKVCache
+
+
+@dataclass(frozen=True)
+class FairnessConfig:
+    """Token-based fair sharing between tenants (virtual token counters, see `inferd/engine/fairness.py`)."""
+
+    prefill_token_cost: float = 1.0
+    """Service charged to a tenant for one computed prompt token."""
+    decode_token_cost: float = 2.0
+    """Service charged to a tenant for one generated token (a decode step costs more per token)."""
+    tenant_weights: Mapping[str, float] = field(default_factory=dict, hash=False)
+    """Relative share of named tenants under contention: a tenant of weight 2 gets twice the service of one
+    of weight 1 (`default_weight` for the others)."""
+    default_weight: float = 1.0
+    """Weight of tenants not in `tenant_weights`."""
+
+    def __post_init__(self) -> None:
+        if self.prefill_token_cost < 0 or self.decode_token_cost < 0:
+            raise ValueError("token costs must be >= 0")
+        weights = [self.default_weight, *self.tenant_weights.values()]
+        if not all(math.isfinite(w) and w > 0 for w in weights):
+            raise ValueError("tenant weights must be finite and > 0")
 
 
 @dataclass(frozen=True)
@@ -24,7 +48,20 @@ class SchedulerConfig:
     """Most prompt tokens one request may prefill in one step (0 = no per-request cap)."""
     max_prefill_share: float = 1.0
     """Share of `max_num_batched_tokens` that prefill tokens (requests with more than one token to compute)
-    may take in one step, so long prompts cannot crowd out decodes (1 = no cap)."""
+    may take in one step while other requests decode or wait, so long prompts cannot crowd out decodes and
+    short prompts (1 = no cap). A prompt alone takes the whole budget."""
+    max_waiting_requests: int | None = None
+    """Most requests waiting (queued, or preempted) before new ones are refused with QueueFull (None: no
+    bound). Each of the `n` samples of a request counts."""
+    max_waiting_tokens: int | None = None
+    """Most tokens the waiting requests may have to compute before new requests are refused with QueueFull
+    (None: no bound). A request that finds the queue empty is always queued."""
+    preempt_for_waiting: bool = True
+    """A waiting request that finds no free slot or blocks may preempt a running request of a less important
+    tier, or of a same-tier tenant that runs more requests (by weight) than the waiting one's tenant and has
+    received at least as much service: interactive work and starved tenants start within a step."""
+    fairness: FairnessConfig = field(default_factory=FairnessConfig)
+    """How service is shared between tenants."""
 
     def __post_init__(self) -> None:
         if self.max_model_len < 2:
@@ -37,6 +74,10 @@ class SchedulerConfig:
             raise ValueError("long_prefill_token_threshold must be >= 0")
         if not 0.0 < self.max_prefill_share <= 1.0:
             raise ValueError("max_prefill_share must be in (0, 1]")
+        if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
+            raise ValueError("max_waiting_requests must be >= 0")
+        if self.max_waiting_tokens is not None and self.max_waiting_tokens < 0:
+            raise ValueError("max_waiting_tokens must be >= 0")
 
     @property
     def prefill_token_budget(self) -> int:

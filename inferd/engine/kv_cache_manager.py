@@ -139,11 +139,8 @@ class KVCacheManager:
         table = self._tables.get(rid)
         if hit.blocks and table:
             raise InternalError(f"prefix hit for {rid}, which already holds blocks")
-        held = len(table) if table else 0
-        end = request.num_computed_tokens + hit.num_tokens + num_new_tokens
-        num_new_blocks = max(0, self.blocks_for(end) - held - len(hit.blocks))
-        revived = sum(1 for block in hit.blocks if block.ref_cnt == 0)
-        if num_new_blocks > self.pool.num_free_blocks - revived:
+        num_new_blocks = self._num_new_blocks(request, num_new_tokens, hit)
+        if self.blocks_needed(request, num_new_tokens, hit) > self.pool.num_free_blocks:
             return None
         self.pool.touch(hit.blocks)
         new_blocks = self.pool.get_new_blocks(num_new_blocks)
@@ -156,6 +153,22 @@ class KVCacheManager:
             self.stats.queries += hit.num_queried_tokens
             self.stats.hits += hit.num_tokens
         return new_blocks
+
+    def blocks_needed(self, request: EngineRequest, num_new_tokens: int, hit: PrefixHit = NO_HIT) -> int:
+        """Free blocks `allocate_slots` with these arguments takes from the pool (new blocks, and hit blocks
+        that are free now)."""
+        revived = sum(1 for block in hit.blocks if block.ref_cnt == 0)
+        return self._num_new_blocks(request, num_new_tokens, hit) + revived
+
+    def num_freed_by(self, request: EngineRequest) -> int:
+        """Blocks that would return to the free pool if `request` freed its table (those it holds alone)."""
+        return sum(1 for block in self._tables.get(request.request_id, ()) if block.ref_cnt == 1)
+
+    def _num_new_blocks(self, request: EngineRequest, num_new_tokens: int, hit: PrefixHit) -> int:
+        table = self._tables.get(request.request_id)
+        held = len(table) if table else 0
+        end = request.num_computed_tokens + hit.num_tokens + num_new_tokens
+        return max(0, self.blocks_for(end) - held - len(hit.blocks))
 
     def cache_computed_blocks(self, request: EngineRequest) -> None:
         """Register the request's full blocks whose KV has been computed (call after the step ran)."""

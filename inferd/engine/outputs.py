@@ -135,3 +135,7 @@ class SchedulerStats:
     """Tokens found there (cumulative)."""
     num_preemptions: int
     """Preemptions so far (cumulative)."""
+    num_waiting_tokens: int = 0
+    """Tokens the waiting requests have to compute."""
+    step: int = 0
+    """Steps scheduled so far."""

@@ -1,13 +1,15 @@
 """Scheduling policy: the order requests are served in, and which running request loses its blocks.
 
-The scheduler asks the policy and nothing else, so priorities, deadlines or per-tenant fair sharing are new
-policies, not new scheduler code.
+The waiting queue orders requests in three levels: service tier first (`EngineRequest.priority`, lower
+first), then tenant (the one with the least service received, as its fair-share counter says), then the
+policy's order within one tenant. A policy decides that last order and the preemption victims; tiers and
+fair sharing belong to the scheduler.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from inferd.engine.request import EngineRequest
@@ -87,3 +89,80 @@ class RequestQueue:
             raise InternalError(f"waiting queue lost track of {request.request_id}")
         del self._keys[i]
         del self._requests[i]
+
+
+class WaitingQueue:
+    """Waiting requests by tier and tenant, each tenant's in policy order; counts their tokens."""
+
+    def __init__(self, policy: SchedulingPolicy) -> None:
+        self._policy = policy
+        self._lanes: dict[int, dict[str, RequestQueue]] = {}
+        """tier → tenant → that tenant's waiting requests of that tier."""
+        self._tier_of: dict[str, int] = {}
+        self._num_tokens = 0
+        self._per_tenant: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._tier_of)
+
+    def __contains__(self, request: EngineRequest) -> bool:
+        return request.request_id in self._tier_of
+
+    def __iter__(self) -> Iterator[EngineRequest]:
+        """Every waiting request: by tier, then tenant name, then policy order (not the fair order)."""
+        lanes = self._lanes
+        return iter([r for tier in sorted(lanes) for t in sorted(lanes[tier]) for r in lanes[tier][t]])
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the waiting requests have to compute (prompts, and outputs of preempted requests)."""
+        return self._num_tokens
+
+    def has_tenant(self, tenant: str) -> bool:
+        return tenant in self._per_tenant
+
+    def add(self, request: EngineRequest) -> None:
+        tenants = self._lanes.setdefault(request.priority, {})
+        lane = tenants.get(request.tenant)
+        if lane is None:
+            lane = tenants[request.tenant] = RequestQueue(self._policy)
+        lane.add(request)
+        self._tier_of[request.request_id] = request.priority
+        self._num_tokens += request.num_tokens
+        self._per_tenant[request.tenant] = self._per_tenant.get(request.tenant, 0) + 1
+
+    def remove(self, request: EngineRequest) -> None:
+        tier = self._tier_of.pop(request.request_id)
+        tenants = self._lanes[tier]
+        lane = tenants[request.tenant]
+        lane.remove(request)
+        if not len(lane):
+            del tenants[request.tenant]
+            if not tenants:
+                del self._lanes[tier]
+        self._num_tokens -= request.num_tokens
+        left = self._per_tenant[request.tenant] - 1
+        if left:
+            self._per_tenant[request.tenant] = left
+        else:
+            del self._per_tenant[request.tenant]
+
+    def fair_order(self, counter: Callable[[str], float]) -> Iterator[EngineRequest]:
+        """The order to admit in: every request of a more important tier first; within a tier, next the head
+        of the tenant whose `counter` is lowest, asked again before each request (admitting one charges its
+        tenant), ties to the head first in policy order. Iterates over a snapshot: the caller may remove the
+        request just yielded or add requests, which this pass then does not see."""
+        for tier in sorted(self._lanes):
+            lanes = {tenant: list(lane) for tenant, lane in self._lanes[tier].items()}
+            heads = dict.fromkeys(lanes, 0)
+            while heads:
+                tenant = min(
+                    heads,
+                    key=lambda t: (counter(t), self._policy.sort_key(lanes[t][heads[t]]), t),
+                )
+                i = heads[tenant]
+                if i + 1 < len(lanes[tenant]):
+                    heads[tenant] = i + 1
+                else:
+                    del heads[tenant]
+                yield lanes[tenant][i]

@@ -28,6 +28,15 @@ class FinishReason(enum.StrEnum):
     """Cancelled by the caller (client went away, error elsewhere)."""
 
 
+class Priority(enum.IntEnum):
+    """The two service tiers of the engine's `priority` (any int works: lower is served first)."""
+
+    INTERACTIVE = 0
+    """A person waits for the answer: admitted first, preempted last (the default)."""
+    BATCH = 1
+    """Throughput work: admitted when no interactive request waits, preempted first."""
+
+
 class RequestStatus(enum.Enum):
     WAITING = enum.auto()
     """Queued; holds no KV blocks."""
@@ -74,10 +83,14 @@ class EngineRequest:
     """The model's end-of-sequence token; None when the model has none."""
     arrival_time: float = field(default_factory=time.monotonic)
     """When the request reached the engine (same clock as the scheduler's)."""
-    priority: int = 0
-    """Lower is served first and preempted last (the batch queue's convention)."""
+    priority: int = Priority.INTERACTIVE
+    """Service tier: lower is admitted first and preempted last (see `Priority`)."""
     cache_salt: str | None = None
     """Isolates prefix caching: blocks are shared only between requests with equal salts."""
+    tenant: str = ""
+    """Who the request is served for: the unit of fair sharing between tenants."""
+    deadline: float | None = None
+    """When the client gives up (same clock as `arrival_time`): the request is dropped if still unfinished."""
     parent_id: str | None = None
     """For one of the `n` samples of a request: the id of that request."""
     sample_index: int = 0
@@ -102,6 +115,8 @@ class EngineRequest:
     """Order of admission, stamped by the scheduler; the final tie-break of scheduling order."""
     first_scheduled_time: float | None = field(default=None, init=False)
     """When the request was first scheduled (queue-time metric)."""
+    num_charged_tokens: int = field(default=0, init=False)
+    """Leading tokens already charged to the tenant's fair-share counter (recompute is not charged)."""
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:
@@ -158,6 +173,8 @@ def split_samples(request: EngineRequest) -> list[EngineRequest]:
                 arrival_time=request.arrival_time,
                 priority=request.priority,
                 cache_salt=request.cache_salt,
+                tenant=request.tenant,
+                deadline=request.deadline,
                 parent_id=request.request_id,
                 sample_index=i,
             )

@@ -1,29 +1,43 @@
 """The continuous-batching scheduler: which requests compute how many tokens in each step.
 
-Each step: running requests first, in policy order, each getting min(its missing tokens, budget left); then,
-if nobody was preempted, waiting requests in policy order while a sequence slot and budget remain (a long
-prompt is prefilled in chunks over several steps). A waiting request starts from its prefix-cache hit, or
-from a sibling sample's prompt blocks; admission stops at the first one that does not fit, so a large
-request is not starved by smaller ones behind it.
+Each step: running requests first, in policy order, each getting min(its missing tokens, budget left), a
+prompt chunk leaving room for the decodes after it; then, if nobody was preempted, waiting requests in fair
+order (tier, then the tenant with the least service received, then policy order) while a sequence slot and
+budget remain (a long prompt is prefilled in chunks over several steps). A waiting request starts from its
+prefix-cache hit, or from a sibling sample's prompt blocks; admission stops at the first one that does not
+fit, so a large request is not starved by smaller ones behind it. While other requests decode or wait,
+prefill tokens take at most `max_prefill_share` of the step, so a long prompt cannot hold up short ones.
 
 When a running request needs a block and none is free, the policy picks a victim among the running requests
 not yet scheduled this step and the request itself; the victim's blocks are freed and it waits again, to
-recompute its tokens later (preemption by recompute). Admission refuses any request that could not finish
-even alone in the cache, so the request first in policy order can always progress: no crash, no deadlock.
+recompute its tokens later (preemption by recompute). A waiting request that finds no slot or blocks may
+likewise preempt a running request of a less important tier, or one of a tenant running more than its share
+(`SchedulerConfig.preempt_for_waiting`). Admission refuses any request that could not finish even alone in
+the cache, so the request first in policy order can always progress: no crash, no deadlock.
+
+Admission control: `add_request` refuses with QueueFull when the waiting queue is at its bounds, with a
+Retry-After from the measured drain rate (`inferd/engine/admission.py`). Requests past their deadline are
+dropped at the next step (`take_expired`).
 
 Not thread-safe: one engine loop calls `add_request`, `schedule`, `update_from_output` (for each output
-before the next `schedule`), and `finish_requests` between steps.
+before the next `schedule`), and `finish_requests` between steps. `check_admission` and `stats` only read,
+and may be called from another thread (approximate values).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
+from inferd.engine.admission import DrainRate, check_admission
 from inferd.engine.block_pool import KVBlock
 from inferd.engine.config import EngineConfig, SchedulerConfig
 from inferd.engine.errors import ContextLengthExceeded, KVCacheTooSmall
+from inferd.engine.fairness import FairShare
 from inferd.engine.kv_cache_manager import KVCacheManager, PrefixHit
 from inferd.engine.outputs import (
     CachedRequestData,
@@ -33,13 +47,39 @@ from inferd.engine.outputs import (
     SchedulerOutput,
     SchedulerStats,
 )
-from inferd.engine.policy import PriorityPolicy, RequestQueue, SchedulingPolicy
+from inferd.engine.policy import PriorityPolicy, SchedulingPolicy, WaitingQueue
 from inferd.engine.request import EngineRequest, FinishReason, RequestStatus, split_samples
-from inferd.errors import InternalError, InvalidInput
+from inferd.errors import DeadlineExceeded, InternalError, InvalidInput
 
 logger = logging.getLogger(__name__)
 
 RUNNING = RequestStatus.RUNNING
+
+
+@dataclass
+class _Plan:
+    """The step being planned."""
+
+    budget: int
+    prefill_budget: int
+    num_scheduled: dict[str, int] = field(default_factory=dict)
+    continuing: dict[str, tuple[EngineRequest, list[KVBlock], bool]] = field(default_factory=dict)
+    """Running requests scheduled, with their new blocks and whether their tokens count as prefill."""
+    starting: list[EngineRequest] = field(default_factory=list)
+    preempted: list[EngineRequest] = field(default_factory=list)
+
+    def take(self, request: EngineRequest, n: int, is_prefill: bool) -> None:
+        self.num_scheduled[request.request_id] = n
+        self.budget -= n
+        self.prefill_budget -= n if is_prefill else 0
+
+    def undo(self, request: EngineRequest) -> None:
+        """Unschedule a continuing request (it is being preempted)."""
+        entry = self.continuing.pop(request.request_id, None)
+        if entry is not None:
+            n = self.num_scheduled.pop(request.request_id)
+            self.budget += n
+            self.prefill_budget += n if entry[2] else 0
 
 
 class Scheduler:
@@ -61,12 +101,24 @@ class Scheduler:
         """Unfinished requests by id."""
         self._groups: dict[str, list[EngineRequest]] = {}
         """Unfinished samples of each `n > 1` request, by the request's id."""
-        self._waiting = RequestQueue(self.policy)
+        self._waiting = WaitingQueue(self.policy)
         self._running: list[EngineRequest] = []
         self._finished_ids: set[str] = set()
         self._step = 0
         self._admitted = 0
         self.num_preemptions = 0
+        self.fair_share = FairShare(config.fairness)
+        """Per-tenant service counters."""
+        self._tenant_load: Counter[str] = Counter()
+        """Unfinished requests per tenant (the active tenants)."""
+        self.drain_rate = DrainRate()
+        """Requests and tokens leaving the waiting queue per second (for Retry-After)."""
+        self._drained = (0, 0)
+        self._last_schedule: float | None = None
+        self._backlogged = False
+        self._num_deadlines = 0
+        self._expired: list[str] = []
+        self._tags: tuple[str, float | None] | None = None
         if kv_cache.capacity_tokens + 1 < config.max_model_len:
             logger.warning(
                 "KV cache holds %d tokens, less than max_model_len %d: requests that could grow past it are "
@@ -89,21 +141,61 @@ class Scheduler:
 
     def add_request(self, request: EngineRequest) -> list[EngineRequest]:
         """Queue `request`, or all `n` of its samples; returns the requests whose updates will follow.
-        Raises ContextLengthExceeded or KVCacheTooSmall (nothing queued) when it could never finish, and
-        InvalidInput for an id already in use."""
+        Raises (nothing queued) ContextLengthExceeded or KVCacheTooSmall when it could never finish,
+        InvalidInput for an id already in use, QueueFull when the waiting queue is at its bounds, and
+        DeadlineExceeded when its deadline has passed."""
+        if self._tags is not None and not request.tenant and request.deadline is None:
+            request.tenant, request.deadline = self._tags
         self._check_fits(request)
+        if request.deadline is not None and self._clock() >= request.deadline:
+            raise DeadlineExceeded("the request's deadline passed before it was queued")
         samples = split_samples(request)
         ids = {request.request_id, *(sample.request_id for sample in samples)}
         if any(rid in self._requests or rid in self._groups for rid in ids):
             raise InvalidInput(f"request id {request.request_id!r} is already in use")
+        self.check_admission(len(samples), len(samples) * request.num_prompt_tokens)
+        if not self._tenant_load[request.tenant]:
+            self.fair_share.activate(request.tenant, +self._tenant_load)
         for sample in samples:
             sample.admission_index = self._admitted
             self._admitted += 1
             self._requests[sample.request_id] = sample
             self._waiting.add(sample)
+            self._tenant_load[sample.tenant] += 1
+            self._num_deadlines += sample.deadline is not None
         if request.sampling_params.n > 1:
             self._groups[request.request_id] = list(samples)
         return samples
+
+    @contextlib.contextmanager
+    def tagging(self, *, tenant: str = "", deadline: float | None = None) -> Iterator[None]:
+        """Requests added inside that carry neither a tenant nor a deadline get these (for an engine whose
+        `add_request` does not take them)."""
+        self._tags = (tenant, deadline)
+        try:
+            yield
+        finally:
+            self._tags = None
+
+    def check_admission(
+        self, num_requests: int, num_tokens: int, *, pending_requests: int = 0, pending_tokens: int = 0
+    ) -> None:
+        """Raise QueueFull if `num_requests` more requests holding `num_tokens` prompt tokens do not fit in
+        the waiting queue, besides `pending_*` that are on their way to it. Only reads: another thread may
+        call it to refuse early."""
+        check_admission(
+            self.config,
+            self.drain_rate,
+            waiting_requests=len(self._waiting) + pending_requests,
+            waiting_tokens=self._waiting.num_tokens + pending_tokens,
+            num_requests=num_requests,
+            num_tokens=num_tokens,
+        )
+
+    def take_expired(self) -> list[str]:
+        """Ids of the requests dropped since the last call because their deadline passed."""
+        expired, self._expired = self._expired, []
+        return expired
 
     def finish_requests(
         self, request_ids: Iterable[str], reason: FinishReason, stop_reason: int | str | None = None
@@ -135,6 +227,11 @@ class Scheduler:
     def num_waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def step_index(self) -> int:
+        """Steps scheduled so far."""
+        return self._step
+
     def stats(self) -> SchedulerStats:
         return SchedulerStats(
             num_running=len(self._running),
@@ -143,61 +240,84 @@ class Scheduler:
             prefix_cache_queries=self.kv_cache.stats.queries,
             prefix_cache_hits=self.kv_cache.stats.hits,
             num_preemptions=self.num_preemptions,
+            num_waiting_tokens=self._waiting.num_tokens,
+            step=self._step,
         )
 
     # ---- one step
 
     def schedule(self) -> SchedulerOutput:
         """Plan the next step; blocks are allocated and `num_computed_tokens` advanced as if it will run."""
-        budget = self.config.max_num_batched_tokens
-        prefill_budget = self.config.prefill_token_budget
-        num_scheduled: dict[str, int] = {}
-        continuing: list[tuple[EngineRequest, list[KVBlock]]] = []
-        starting: list[EngineRequest] = []
-        preempted: list[EngineRequest] = []
-
+        now = self._clock()
+        self._measure_drain(now)
+        if self._num_deadlines:
+            self._expire(now)
         order = sorted(self._running, key=self.policy.sort_key)
+        decodes_left = sum(1 for r in order if r.num_tokens - r.num_computed_tokens <= 1)
+        contended = decodes_left > 0 or len(self._waiting) > 0
+        budget = self.config.max_num_batched_tokens
+        plan = _Plan(budget, self.config.prefill_token_budget if contended else budget)
+
         for i, request in enumerate(order):
-            if budget == 0:
+            if plan.budget == 0:
                 break
             if request.status is not RUNNING:  # preempted earlier in this loop
                 continue
-            n, is_prefill = self._num_new_tokens(request, request.num_computed_tokens, budget, prefill_budget)
+            start = request.num_computed_tokens
+            if request.num_tokens - start <= 1:
+                decodes_left -= 1
+                reserve = 0
+            else:  # a prompt chunk leaves room for the decodes after it
+                reserve = decodes_left
+            n, is_prefill = self._num_new_tokens(request, start, plan, reserve)
             if n == 0:
                 continue
-            new_blocks = self._allocate_or_preempt(request, n, order[i + 1 :], preempted)
+            new_blocks = self._allocate_or_preempt(request, n, order[i + 1 :], plan.preempted)
             if new_blocks is None:
                 continue
-            num_scheduled[request.request_id] = n
-            budget -= n
-            prefill_budget -= n if is_prefill else 0
-            continuing.append((request, new_blocks))
+            plan.take(request, n, is_prefill)
+            plan.continuing[request.request_id] = (request, new_blocks, is_prefill)
 
         # Admitting while blocks are short would only preempt again next step.
-        if not preempted:
-            for request in self._waiting:
-                if budget == 0 or len(self._running) >= self.config.max_num_seqs:
-                    break
-                hit = self._starting_blocks(request)
-                if hit is None:  # waits for a sibling sample to compute the shared prompt
-                    continue
-                n, is_prefill = self._num_new_tokens(request, hit.num_tokens, budget, prefill_budget)
-                if n == 0 or self.kv_cache.allocate_slots(request, n, hit) is None:
-                    break
-                self._waiting.remove(request)
-                self._running.append(request)
-                request.status = RUNNING
-                request.num_computed_tokens = hit.num_tokens
-                if request.num_cached_tokens < 0:
-                    request.num_cached_tokens = hit.num_tokens
-                if request.first_scheduled_time is None:
-                    request.first_scheduled_time = self._clock()
-                num_scheduled[request.request_id] = n
-                budget -= n
-                prefill_budget -= n if is_prefill else 0
-                starting.append(request)
+        if not plan.preempted:
+            self._admit(plan)
+        for rid, (request, _, _) in plan.continuing.items():
+            self.fair_share.charge(request, request.num_computed_tokens, plan.num_scheduled[rid])
+        return self._build_output(plan)
 
-        return self._build_output(num_scheduled, starting, continuing, preempted)
+    def _admit(self, plan: _Plan) -> None:
+        kv = self.kv_cache
+        for request in self._waiting.fair_order(self.fair_share.counter):
+            if plan.budget == 0:
+                break
+            hit = self._starting_blocks(request)
+            if hit is None:  # waits for a sibling sample to compute the shared prompt
+                continue
+            n, is_prefill = self._num_new_tokens(request, hit.num_tokens, plan)
+            if n == 0:
+                break
+            needed = kv.blocks_needed(request, n, hit)
+            if len(self._running) >= self.config.max_num_seqs or needed > kv.num_free_blocks:
+                if not self._make_room(request, plan, needed):
+                    break
+                hit = self._starting_blocks(request)  # the victims' blocks may have held part of it
+                if hit is None:
+                    break
+                n, is_prefill = self._num_new_tokens(request, hit.num_tokens, plan)
+            if n == 0 or kv.allocate_slots(request, n, hit) is None:
+                break
+            self._leave_waiting(request)
+            self._running.append(request)
+            request.status = RUNNING
+            request.num_computed_tokens = hit.num_tokens
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = hit.num_tokens
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = self._clock()
+            plan.take(request, n, is_prefill)
+            plan.starting.append(request)
+            # Charge now, so that the next pick of the fair order sees this tenant's new counter.
+            self.fair_share.charge(request, request.num_computed_tokens, n)
 
     def update_from_output(
         self, scheduler_output: SchedulerOutput, runner_output: RunnerOutput
@@ -253,16 +373,17 @@ class Scheduler:
             )
 
     def _num_new_tokens(
-        self, request: EngineRequest, start: int, budget: int, prefill_budget: int
+        self, request: EngineRequest, start: int, plan: _Plan, reserve: int = 0
     ) -> tuple[int, bool]:
-        """Tokens `request` computes this step from position `start`, and whether they count as prefill."""
+        """Tokens `request` computes this step from position `start`, and whether they count as prefill; a
+        prefill leaves `reserve` tokens of the budget."""
         remaining = request.num_tokens - start
         if remaining <= 1:
-            return min(remaining, budget), False
-        cap = min(budget, max(prefill_budget, 0))
+            return min(remaining, plan.budget), False
+        cap = min(plan.budget - reserve, max(plan.prefill_budget, 0))
         if self.config.long_prefill_token_threshold:
             cap = min(cap, self.config.long_prefill_token_threshold)
-        return min(remaining, cap), True
+        return max(0, min(remaining, cap)), True
 
     def _allocate_or_preempt(
         self,
@@ -285,6 +406,76 @@ class Scheduler:
             preempted.append(victim)
             if victim is request:
                 return None
+
+    def _make_room(self, request: EngineRequest, plan: _Plan, blocks_needed: int) -> bool:
+        """Preempt running requests so that waiting `request` gets a slot and `blocks_needed` free blocks, if
+        `preempt_for_waiting` allows victims enough; True when it did."""
+        if not self.config.preempt_for_waiting:
+            return False
+        starting = {r.request_id for r in plan.starting}
+        candidates = [r for r in self._running if r.request_id not in starting]
+        load = Counter(r.tenant for r in self._running)
+        free = self.kv_cache.num_free_blocks
+        victims: list[EngineRequest] = []
+        while len(self._running) - len(victims) >= self.config.max_num_seqs or free < blocks_needed:
+            victim = self._room_victim(request, candidates, load)
+            if victim is None:
+                return False
+            victims.append(victim)
+            candidates.remove(victim)
+            load[victim.tenant] -= 1
+            free += self.kv_cache.num_freed_by(victim)
+        for victim in victims:
+            plan.undo(victim)
+            self._preempt(victim)
+            plan.preempted.append(victim)
+        return True
+
+    def _room_victim(
+        self, request: EngineRequest, candidates: list[EngineRequest], load: Counter[str]
+    ) -> EngineRequest | None:
+        """A running request that waiting `request` may preempt: one of the least important tier below its
+        own; else, in its tier, one of the tenant running the most requests per weight, if that tenant
+        still runs as many as `request`'s would (per weight) and has received at least as much service."""
+        lower = [r for r in candidates if r.priority > request.priority]
+        if lower:
+            worst = max(r.priority for r in lower)
+            return self.policy.choose_victim([r for r in lower if r.priority == worst])
+        fair = self.fair_share
+        tenant = request.tenant
+        own = (load[tenant] + 1) / fair.weight(tenant)
+        by_tenant: dict[str, list[EngineRequest]] = {}
+        for r in candidates:
+            if r.priority == request.priority and r.tenant != tenant:
+                by_tenant.setdefault(r.tenant, []).append(r)
+        eligible = [
+            t
+            for t in by_tenant
+            if (load[t] - 1) / fair.weight(t) >= own and fair.counter(t) >= fair.counter(tenant)
+        ]
+        if not eligible:
+            return None
+        heaviest = max(eligible, key=lambda t: (load[t] / fair.weight(t), fair.counter(t), t))
+        return self.policy.choose_victim(by_tenant[heaviest])
+
+    def _leave_waiting(self, request: EngineRequest) -> None:
+        self._waiting.remove(request)
+        requests, tokens = self._drained
+        self._drained = (requests + 1, tokens + request.num_tokens)
+
+    def _measure_drain(self, now: float) -> None:
+        """Record what left the waiting queue since the last step, if it was not empty meanwhile."""
+        if self._last_schedule is not None and self._backlogged:
+            self.drain_rate.record(now - self._last_schedule, *self._drained)
+        self._drained = (0, 0)
+        self._last_schedule = now
+        self._backlogged = len(self._waiting) > 0
+
+    def _expire(self, now: float) -> None:
+        for request in list(self._requests.values()):
+            if request.deadline is not None and now >= request.deadline:
+                self._finish(request, FinishReason.ABORT, None)
+                self._expired.append(request.request_id)
 
     def _preempt(self, request: EngineRequest) -> None:
         self.kv_cache.free(request)
@@ -329,8 +520,12 @@ class Scheduler:
         if request.status is RUNNING:
             self._running.remove(request)
         else:
-            self._waiting.remove(request)
+            self._leave_waiting(request)
         self.kv_cache.free(request)
+        self._tenant_load[request.tenant] -= 1
+        if not self._tenant_load[request.tenant]:
+            del self._tenant_load[request.tenant]
+        self._num_deadlines -= request.deadline is not None
         request.status = RequestStatus.finished(reason)
         request.stop_reason = stop_reason
         del self._requests[request.request_id]
@@ -342,15 +537,10 @@ class Scheduler:
                 if not group:
                     del self._groups[request.parent_id]
 
-    def _build_output(
-        self,
-        num_scheduled: dict[str, int],
-        starting: list[EngineRequest],
-        continuing: list[tuple[EngineRequest, list[KVBlock]]],
-        preempted: list[EngineRequest],
-    ) -> SchedulerOutput:
+    def _build_output(self, plan: _Plan) -> SchedulerOutput:
+        num_scheduled = plan.num_scheduled
         new_requests: list[NewRequestData] = []
-        for request in starting:
+        for request in plan.starting:
             start, n = request.num_computed_tokens, num_scheduled[request.request_id]
             new_requests.append(
                 NewRequestData(
@@ -365,7 +555,7 @@ class Scheduler:
                 )
             )
         cached_requests: list[CachedRequestData] = []
-        for request, new_blocks in continuing:
+        for request, new_blocks, _ in plan.continuing.values():
             start, n = request.num_computed_tokens, num_scheduled[request.request_id]
             cached_requests.append(
                 CachedRequestData(
@@ -376,9 +566,9 @@ class Scheduler:
                     sample=start + n == request.num_tokens,
                 )
             )
-        for request in starting:
+        for request in plan.starting:
             request.num_computed_tokens += num_scheduled[request.request_id]
-        for request, _ in continuing:
+        for request, _, _ in plan.continuing.values():
             request.num_computed_tokens += num_scheduled[request.request_id]
         finished = frozenset(self._finished_ids)
         self._finished_ids.clear()
@@ -389,6 +579,6 @@ class Scheduler:
             cached_requests=tuple(cached_requests),
             num_scheduled_tokens=num_scheduled,
             total_num_scheduled_tokens=sum(num_scheduled.values()),
-            preempted_request_ids=frozenset(r.request_id for r in preempted),
+            preempted_request_ids=frozenset(r.request_id for r in plan.preempted),
             finished_request_ids=finished,
         )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from inferd.engine import (
     EngineRequest,
+    FairnessConfig,
     KVCacheManager,
     RequestUpdate,
     SamplingParams,
@@ -30,6 +33,11 @@ def make_scheduler(
     long_prefill_token_threshold: int = 0,
     max_prefill_share: float = 1.0,
     policy: SchedulingPolicy | None = None,
+    max_waiting_requests: int | None = None,
+    max_waiting_tokens: int | None = None,
+    preempt_for_waiting: bool = True,
+    tenant_weights: dict[str, float] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Scheduler:
     config = SchedulerConfig(
         max_model_len=max_model_len,
@@ -37,8 +45,13 @@ def make_scheduler(
         max_num_batched_tokens=max_num_batched_tokens,
         long_prefill_token_threshold=long_prefill_token_threshold,
         max_prefill_share=max_prefill_share,
+        max_waiting_requests=max_waiting_requests,
+        max_waiting_tokens=max_waiting_tokens,
+        preempt_for_waiting=preempt_for_waiting,
+        fairness=FairnessConfig(tenant_weights=tenant_weights or {}),
     )
-    return Scheduler(config, KVCacheManager(num_blocks, BS, enable_prefix_caching=caching), policy=policy)
+    kv = KVCacheManager(num_blocks, BS, enable_prefix_caching=caching)
+    return Scheduler(config, kv, policy=policy, clock=clock)
 
 
 def make_request(
