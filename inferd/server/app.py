@@ -17,7 +17,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from tritonclient.grpc import service_pb2_grpc
 
 from inferd.config import ServerConfig
 from inferd.dataplane import DataPlane
@@ -27,7 +26,7 @@ from inferd.metrics.registry import Metrics
 from inferd.repository.manager import ModelManager, RuntimeLoader
 from inferd.server import openapi, status
 from inferd.server.admin_api import AdminHttp
-from inferd.server.grpc_v2 import V2Grpc
+from inferd.server.grpc_v2 import V2Grpc, add_to_server
 from inferd.server.http_v2 import V2Http, error_response
 from inferd.server.openai_api import OpenAIHttp
 from inferd.store.sqlite import SqliteStore
@@ -137,7 +136,7 @@ class InferdServer:
                     ("grpc.so_reuseport", 0),
                 ]
             )
-            service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(V2Grpc(self.gateway), self._grpc)
+            add_to_server(V2Grpc(self.gateway), self._grpc)
             self.grpc_port = self._grpc.add_insecure_port(f"{cfg.host}:{cfg.grpc_port}")
             await self._grpc.start()
         while not self._uvicorn.started:

@@ -11,8 +11,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import numpy as np
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from inferd import datatypes
@@ -279,3 +281,73 @@ def _apply_deadline(request: InferRequest, context: Any) -> None:
     remaining_us = max(int(remaining * 1e6), 1)
     if request.timeout_us is None or remaining_us < request.timeout_us:
         request.timeout_us = remaining_us
+
+
+def add_to_server(servicer: V2Grpc, server: Any) -> None:
+    """Register the service on `server`. A request message that does not parse is INVALID_ARGUMENT naming
+    the message type (grpc itself would answer UNKNOWN and log a traceback)."""
+    registrar = _Registrar()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, registrar)
+    handlers = {method: _refusing_unparsed(h) for method, h in registrar.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(registrar.service, handlers),))
+    server.add_registered_method_handlers(registrar.service, handlers)
+
+
+class _Registrar:
+    """Takes the generated code's method handlers instead of a server."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers arrive below, by name
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.service, self.handlers = service, handlers
+
+
+class _Unparsed:
+    """What the deserializer returns for bytes that are not a message of its type."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.message = f"the request is not a valid protobuf message: {error}"
+
+
+def _refusing_unparsed(handler: Any) -> Any:
+    parse = handler.request_deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return _Unparsed(exc)
+
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def checked_unary(request: Any, context: Any) -> Any:
+            if isinstance(request, _Unparsed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return await unary(request, context)
+
+        return handler._replace(request_deserializer=deserialize, unary_unary=checked_unary)
+    stream = handler.stream_stream
+
+    async def checked_stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        # The messages before a bad one are answered; then the stream ends with INVALID_ARGUMENT.
+        bad: list[_Unparsed] = []
+
+        async def parsed() -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, _Unparsed):
+                    bad.append(request)
+                    return
+                yield request
+
+        async for response in stream(parsed(), context):
+            yield response
+        if bad:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad[0].message)
+
+    return handler._replace(request_deserializer=deserialize, stream_stream=checked_stream)

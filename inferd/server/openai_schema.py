@@ -16,6 +16,10 @@ from inferd.engine.sampling_params import SamplingParams
 from inferd.errors import InvalidInput
 
 MAX_STOP_STRINGS = 16
+MAX_N = 128
+"""Most choices per prompt (OpenAI's limit): each is a sequence the engine schedules."""
+MAX_CHOICES = 2048
+"""Most sequences one completions request may ask for (prompts times `n`)."""
 
 
 class InvalidParam(InvalidInput):
@@ -104,9 +108,12 @@ def _token_ids(name: str, value: Any) -> tuple[int, ...]:
 def _sampling(
     fields: _Fields, *, max_tokens: int | None, logprobs: bool, top_logprobs: int
 ) -> SamplingParams:
+    n = fields.integer("n", 1) or 1
+    if not 1 <= n <= MAX_N:
+        raise InvalidParam("n", f"must be in [1, {MAX_N}], got {n}")
     try:
         return SamplingParams(
-            n=fields.integer("n", 1) or 1,
+            n=n,
             temperature=fields.number("temperature", 1.0),
             top_p=fields.number("top_p", 1.0),
             top_k=max(0, fields.integer("top_k", 0) or 0),
@@ -176,6 +183,10 @@ def parse_completion(doc: Mapping[str, Any]) -> OpenAIRequest:
         logprobs=top is not None,
         top_logprobs=top or 0,
     )
+    if len(prompts) * sampling.n > MAX_CHOICES:
+        raise InvalidParam(
+            "prompt", f"{len(prompts)} prompts times n={sampling.n} is over {MAX_CHOICES} choices"
+        )
     return OpenAIRequest(
         model,
         sampling,

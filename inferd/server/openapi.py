@@ -28,7 +28,9 @@ DATATYPES = [
     "FP16", "FP32", "FP64", "BF16", "BYTES",
 ]  # fmt: skip
 MODEL_EXAMPLES = ["identity_fp32", "add_sub", "versioned", "tiny-embed", "tiny-llama"]
-"""Path examples (the fuzz tests' repository); any name is accepted."""
+"""Examples of model names, from the fuzz tests' repository (`tests/fuzz`)."""
+TENANT = "fuzz-tenant"
+"""The tenant the admin examples use (the fuzz tests create it)."""
 _ERROR_TEXT = {
     400: "The request is malformed or does not match the model; the message names the problem.",
     401: "No API key, or an unknown, expired or disabled one.",
@@ -292,9 +294,9 @@ _OPENAI_SCHEMAS: dict[str, Schema] = {
         prompt={
             "anyOf": [
                 _STR,
-                _array(_STR, minItems=1),
+                _array(_STR, minItems=1, maxItems=2048),
                 _array(_int(0), minItems=1),
-                _array(_TOKEN_IDS, minItems=1),
+                _array(_TOKEN_IDS, minItems=1, maxItems=2048),
             ]
         },
         logprobs=_null("integer", minimum=0, maximum=20),
@@ -519,6 +521,18 @@ _INFER_BODY = {
 _HEADER_LENGTH = _param(
     "Inference-Header-Content-Length", "header", _int(1), "Length of the JSON header of a binary body."
 )
+_CALL_HEADERS = [
+    _param(
+        "x-request-id", "header", _STR, "The request's id (kept when printable and at most 128 characters)."
+    ),
+    _param(
+        "x-inferd-workflow", "header", _STR, "The workflow the call is accounted to (budgets per workflow)."
+    ),
+    _param(
+        "idempotency-key", "header", _STR, "Repeats of a key are recorded as retries of its first request."
+    ),
+    _param("x-inferd-retry-of", "header", _STR, "The request id this call retries."),
+]
 _INFER_RESPONSES = {
     "200": {
         "description": "The outputs: JSON, or (binary outputs) a JSON header then the output bytes.",
@@ -589,7 +603,12 @@ def _v2_paths() -> dict[str, Schema]:
         paths[f"/v2/models/{{model}}{prefix}/infer"] = {
             "parameters": params,
             "post": _op(
-                f"v2{kind}Infer", "Run an inference.", "V2", _INFER_RESPONSES, _INFER_BODY, [_HEADER_LENGTH]
+                f"v2{kind}Infer",
+                "Run an inference.",
+                "V2",
+                _INFER_RESPONSES,
+                _INFER_BODY,
+                [_HEADER_LENGTH, *_CALL_HEADERS],
             ),
         }
     # The fuzz tests' repository keeps `spare` for load and unload, which other operations do not use.
@@ -621,7 +640,7 @@ def _openai_paths() -> dict[str, Schema]:
             "text/event-stream": {"schema": _ref("StreamEvent")},
         }
         body = _body(_ref(request), short=example)
-        return {"post": _op(op_id, summary, "OpenAI", {"200": ok, **errors}, body)}
+        return {"post": _op(op_id, summary, "OpenAI", {"200": ok, **errors}, body, _CALL_HEADERS)}
 
     messages = [{"role": "user", "content": "ka lo"}]
     embeddings = _ok("The embeddings.", _ref("Embeddings"))
@@ -655,6 +674,7 @@ def _openai_paths() -> dict[str, Schema]:
                 "OpenAI",
                 {"200": embeddings, **errors},
                 _body(_ref("EmbeddingsRequest"), two={"model": "tiny-embed", "input": ["a", "b"]}),
+                _CALL_HEADERS,
             )
         },
     }
@@ -664,10 +684,12 @@ def _admin_paths() -> dict[str, Schema]:
     base = "/admin/v1"
     codes = (400, 401, 403, 404, 503)
 
-    def op(op_id: str, summary: str, ok: Schema | None, body: str | None = None, **kw: Any) -> Schema:
+    def op(
+        op_id: str, summary: str, ok: Schema | None, body: str | None = None, example: Any = None, **kw: Any
+    ) -> Schema:
         responses = {"200": ok} if ok is not None else {"204": _ok("Done.")}
         all_codes = (*codes, 413) if body else codes
-        request = _body(_ref(body)) if body else None
+        request = (_body(_ref(body), example=example) if example else _body(_ref(body))) if body else None
         return _op(op_id, summary, "admin", {**responses, **_errors("OpenAI", *all_codes)}, request, **kw)
 
     def ok(schema: Schema) -> Schema:
@@ -690,16 +712,20 @@ def _admin_paths() -> dict[str, Schema]:
     return {
         f"{base}/tenants": {"get": op("adminListTenants", "Tenants.", many("Tenant"))},
         f"{base}/tenants/{{name}}": {
-            "parameters": [_path("name", ["fuzz-tenant", "fuzz-other"], "The tenant's name.")],
+            "parameters": [_path("name", ["fuzz-other"], "The tenant's name.")],
             "get": op("adminGetTenant", "A tenant.", ok(_ref("Tenant"))),
-            "put": op("adminPutTenant", "Create or replace a tenant.", ok(_ref("Tenant")), "TenantSpec"),
+            "put": op(
+                "adminPutTenant", "Create or replace a tenant.", ok(_ref("Tenant")), "TenantSpec", {"rpm": 60}
+            ),
             "delete": op("adminDeleteTenant", "Delete a tenant (not one's own).", None),
         },
         f"{base}/keys": {
             "get": op(
                 "adminListKeys", "API keys (a user key: its tenant's).", many("Key"), params=[tenant_q]
             ),
-            "post": op("adminCreateKey", "Create an API key.", ok(_ref("CreatedKey")), "KeySpec"),
+            "post": op(
+                "adminCreateKey", "Create an API key.", ok(_ref("CreatedKey")), "KeySpec", {"tenant": TENANT}
+            ),
         },
         f"{base}/keys/{{key_id}}": {
             "parameters": [_path("key_id", ["0123456789abcdef"], "The key's id (hex).")],
@@ -708,12 +734,24 @@ def _admin_paths() -> dict[str, Schema]:
         },
         f"{base}/budgets": {
             "get": op("adminListBudgets", "Budgets and their use.", many("Budget"), params=[tenant_q]),
-            "put": op("adminSetBudget", "Set a budget.", ok(_ref("Budget")), "BudgetSpec"),
+            "put": op(
+                "adminSetBudget",
+                "Set a budget.",
+                ok(_ref("Budget")),
+                "BudgetSpec",
+                {"tenant": TENANT, "max_tokens": 10},
+            ),
             "delete": op("adminDeleteBudget", "Delete a budget.", None, params=budget_q),
         },
         f"{base}/prices": {
             "get": op("adminListPrices", "Prices.", many("Price")),
-            "put": op("adminSetPrice", "Set a price.", ok(_ref("Price")), "PriceSpec"),
+            "put": op(
+                "adminSetPrice",
+                "Set a price.",
+                ok(_ref("Price")),
+                "PriceSpec",
+                {"model": "fuzz-model", "per_inference": 0.5},
+            ),
         },
         f"{base}/prices/{{model}}": {
             "parameters": [_path("model", ["fuzz-model", "*"], "The model (`*`: the default price).")],
