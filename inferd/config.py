@@ -38,10 +38,16 @@ class ServerConfig:
     admin, for local work only."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log verbosity."""
+    shutdown_grace_s: float = 30.0
+    """On SIGTERM or SIGINT: readiness goes false and new requests get 503 / UNAVAILABLE at once; requests in
+    flight (queued batches, running generations) get this many seconds to finish before they are failed;
+    then the ledger is flushed and the process exits 0."""
 
     def __post_init__(self) -> None:
         if self.max_request_bytes <= 0:
             raise ValueError("max_request_bytes must be positive")
+        if self.shutdown_grace_s < 0:
+            raise ValueError("shutdown_grace_s must be >= 0")
         if self.poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be positive")
 

@@ -12,10 +12,13 @@ Core code raises these; each transport maps them to its protocol's status in one
     ├── PayloadTooLarge         the body is over the configured limit
     ├── ResourceExhausted       refused for capacity; retry later (`retry_after_s`)
     │   ├── QueueFull           the model version's queue is at `max_queue_size`
+    │   ├── ModelBusy           the model's `max_concurrent_requests` are in flight
     │   └── RateLimited         a key's or tenant's rate or concurrency limit (`limits` for headers)
     ├── QuotaExceeded           a budget or workflow cap is spent; not retryable within its period
     ├── DeadlineExceeded        the request's timeout expired before its work ran
     ├── ExecutionFailed         the runtime raised while running the request's batch
+    │   └── ExecutionTimeout    the runtime ran past the model's `execution_timeout_s` (hung)
+    ├── Cancelled               the client went away (disconnect, gRPC cancel) before its answer
     ├── ModelLoadError          a model failed to load (reason in the message)
     └── InternalError           a fault of inferd itself
 """
@@ -69,6 +72,10 @@ class QueueFull(ResourceExhausted):
     """The model version's request queue is full."""
 
 
+class ModelBusy(ResourceExhausted):
+    """The model has its `max_concurrent_requests` in flight."""
+
+
 @dataclass(frozen=True)
 class LimitState:
     """One rate limit's state for the `x-ratelimit-*` headers."""
@@ -105,6 +112,15 @@ class DeadlineExceeded(InferdError):
 
 class ExecutionFailed(InferdError):
     """The runtime raised while executing the batch that held this request."""
+
+
+class ExecutionTimeout(ExecutionFailed):
+    """The runtime did not finish a batch within the model's execution timeout; the version is taken out of
+    service."""
+
+
+class Cancelled(InferdError):
+    """The client went away (closed its connection, cancelled its call) before it got its answer."""
 
 
 class ModelLoadError(InferdError):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from inferd.engine.sampling_params import SamplingParams
+from inferd.qos import Deadline, Tier
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,12 @@ class GenerateRequest:
     version: str | None = None
     request_id: str = ""
     skip_special_tokens: bool = True
+    priority: Tier = "interactive"
+    """The tier (`x-inferd-priority` or the key's default): interactive requests are scheduled first and
+    preempted last."""
+    deadline: Deadline | None = None
+    """When the client stops waiting (`x-inferd-timeout-ms` or the model's `default_timeout_ms`); `at` is on
+    the `time.monotonic()` clock. A request without its first token by then is aborted."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,12 +3,18 @@
 Requests are submitted from the event loop; a single dispatcher task forms batches whenever an execution
 slot is free and hands each batch to `run_batch`, a coroutine that returns one result per request (the runtime
 adapter runs the model in a worker thread). A failing batch fails only its own requests.
+
+Overload: a full queue refuses at once with a Retry-After from the measured drain rate; a request whose
+deadline passes while it waits is failed without running; a request whose caller went away (its `submit` was
+cancelled) leaves the queue. Shutdown: `close` runs what is queued without waiting for batches to fill;
+`fail` refuses new work and fails everything queued (a version taken out of service).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
@@ -21,6 +27,8 @@ R = TypeVar("R")
 
 RunBatch = Callable[[Sequence[P]], Awaitable[Sequence[R]]]
 """Runs payloads as one batch and returns their results in order."""
+Expired = Callable[[P, float], BaseException]
+"""The error of a payload whose deadline passed while it was queued (given the time now)."""
 
 
 class DynamicBatcher(Generic[P, R]):
@@ -34,9 +42,13 @@ class DynamicBatcher(Generic[P, R]):
         concurrency: int = 1,
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[int, int], None] | None = None,
+        name: str = "",
+        on_expired: Expired[P] | None = None,
     ) -> None:
-        """`on_batch(requests, rows)` is called for every batch dispatched (metrics)."""
+        """`on_batch(requests, rows)` is called for every batch dispatched (metrics); `name` (the model)
+        appears in refusals; `on_expired` builds the error of an expired request."""
         self.policy = policy
+        self.name = name
         self._run_batch = run_batch
         self._clock = clock
         self._queue: BatchQueue[tuple[P, asyncio.Future[R]]] = BatchQueue(policy)
@@ -45,9 +57,13 @@ class DynamicBatcher(Generic[P, R]):
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._flushing = False
+        self._failure: str | None = None
+        self._changed = asyncio.Event()
         self._on_batch = on_batch
+        self._on_expired = on_expired
         self._executing = 0
-        self._drain_rate = _DrainRate()
+        self.drain_rate = DrainRate()
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_loop())
 
     @property
@@ -59,18 +75,32 @@ class DynamicBatcher(Generic[P, R]):
         """Requests queued or executing."""
         return len(self._queue) + self._executing
 
+    def seconds_to_drain(self, ahead: int | None = None) -> float:
+        """Estimated seconds until `ahead` requests (default: all queued or executing) have completed."""
+        return self.drain_rate.seconds_to_drain(self.in_flight if ahead is None else ahead)
+
     async def submit(
-        self, payload: P, *, rows: int, signature: Hashable, priority: int = 1, deadline: float | None = None
+        self,
+        payload: P,
+        *,
+        rows: int,
+        signature: Hashable,
+        priority: int = 1,
+        deadline: float | None = None,
+        tier: int = 0,
     ) -> R:
         """Queue `payload` and wait for its result. Raises QueueFull at once when the queue is full."""
         if self._closed:
-            raise NotReady("model is unloading")
+            raise NotReady(self._failure or f"model {self.name!r} is unloading")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        item = QueuedItem((payload, future), rows, signature, priority, self._clock(), deadline)
+        item = QueuedItem((payload, future), rows, signature, priority, self._clock(), deadline, tier)
         if not self._queue.push(item):
+            queued = len(self._queue)
+            wait = self.seconds_to_drain()
             raise QueueFull(
-                f"queue full: {len(self._queue)} requests waiting (max_queue_size)",
-                retry_after_s=self._drain_rate.seconds_to_drain(len(self._queue)),
+                f"queue full for model {self.name!r}: {queued} requests waiting (max_queue_size); "
+                f"retry in {wait:.2f}s",
+                retry_after_s=wait,
             )
         self._wakeup.set()
         try:
@@ -81,12 +111,38 @@ class DynamicBatcher(Generic[P, R]):
             raise
 
     async def close(self) -> None:
-        """Stop accepting work, finish everything queued or running, then stop the dispatcher."""
+        """Stop accepting work, run everything queued (without waiting for batches to fill) and everything
+        running to its end, then stop the dispatcher. After `fail`, returns at once."""
+        if self._failure is not None:
+            return
         self._closed = True
+        self._flushing = True
         self._wakeup.set()
         while len(self._queue) or self._tasks:
-            await asyncio.sleep(0.001)
+            self._changed.clear()
             self._wakeup.set()
+            await self._changed.wait()
+        await self._stop_dispatcher()
+
+    def flush(self) -> None:
+        """Dispatch queued requests as soon as a slot is free, without waiting for batches to fill (while
+        the server drains)."""
+        self._flushing = True
+        self._wakeup.set()
+
+    def fail(self, error: InferdError) -> None:
+        """Fail every queued request with `error` and refuse new work with NotReady and its message;
+        batches already running finish on their own."""
+        self._closed = True
+        self._failure = error.message
+        for item in self._queue.clear():
+            fut = item.payload[1]
+            if not fut.done():
+                fut.set_exception(error)
+        self._dispatcher.cancel()
+        self._changed.set()
+
+    async def _stop_dispatcher(self) -> None:
         self._dispatcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._dispatcher
@@ -106,11 +162,17 @@ class DynamicBatcher(Generic[P, R]):
         """Fail expired requests and start every batch that is ready while slots are free."""
         now = self._clock()
         for item in self._queue.pop_expired(now):
-            _, fut = item.payload
+            payload, fut = item.payload
             if not fut.done():
-                fut.set_exception(DeadlineExceeded("request timeout expired while queued, before execution"))
+                fut.set_exception(
+                    self._on_expired(payload, now)
+                    if self._on_expired is not None
+                    else DeadlineExceeded(f"deadline exceeded while queued for model {self.name!r}")
+                )
+        # Flushing (shutdown): every queued request runs as soon as a slot is free.
+        formed_at = math.inf if self._flushing else now
         while self._busy < self._slots:
-            batch = self._queue.next_batch(now)
+            batch = self._queue.next_batch(formed_at)
             if batch is None:
                 break
             live = [it for it in batch if not it.payload[1].done()]
@@ -120,7 +182,11 @@ class DynamicBatcher(Generic[P, R]):
             self._executing += len(live)
             task = asyncio.get_running_loop().create_task(self._execute(live))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._executed)
+
+    def _executed(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._changed.set()
 
     async def _execute(self, batch: list[QueuedItem[tuple[P, asyncio.Future[R]]]]) -> None:
         started = self._clock()
@@ -138,7 +204,7 @@ class DynamicBatcher(Generic[P, R]):
         except Exception as exc:  # the runtime's own failure: fail this batch only
             outcome = ExecutionFailed(f"{type(exc).__name__}: {exc}")
         finally:
-            self._drain_rate.record(len(batch), self._clock() - started)
+            self.drain_rate.record(len(batch), self._clock() - started, self._busy)
             self._executing -= len(batch)
             self._busy -= 1
         # Start the next batch before this one's responses are processed: the runtime must not idle while
@@ -155,17 +221,25 @@ class DynamicBatcher(Generic[P, R]):
                 fut.set_result(outcome[i])
 
 
-class _DrainRate:
-    """Exponentially averaged requests per second of execution, for Retry-After."""
+class DrainRate:
+    """Exponentially averaged requests completed per second, for Retry-After: how long the requests ahead
+    of a refused one need to drain."""
 
-    def __init__(self) -> None:
+    def __init__(self, weight: float = 0.2) -> None:
+        self._weight = weight
         self._rate = 0.0
 
-    def record(self, requests: int, seconds: float) -> None:
-        rate = requests / max(seconds, 1e-6)
-        self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
+    @property
+    def per_second(self) -> float:
+        """The current estimate (0 before the first measurement)."""
+        return self._rate
 
-    def seconds_to_drain(self, queued: int) -> float:
+    def record(self, requests: int, seconds: float, parallel: int = 1) -> None:
+        """`requests` completed in `seconds` while `parallel` executions ran side by side."""
+        rate = requests * max(parallel, 1) / max(seconds, 1e-6)
+        self._rate = rate if self._rate == 0 else (1 - self._weight) * self._rate + self._weight * rate
+
+    def seconds_to_drain(self, ahead: int) -> float:
         if self._rate <= 0:
             return 1.0
-        return max(queued / self._rate, 0.001)
+        return max(ahead / self._rate, 0.001)

@@ -3,6 +3,10 @@
 The driver (`batcher.py`) asks `next_batch(now)` whenever an execution slot is free; the answer is a batch to
 run now or None, and `wake_at()` says when the answer may change without new arrivals. Keeping time out of
 this module lets property tests simulate any interleaving exactly.
+
+Priorities: each item has a tier (0 = interactive, 1 = batch) and a priority level (1 = first); the queue
+serves the interactive tier before the batch tier and, within a tier, level 1 before level 2 and so on, each
+(tier, level) first in, first out.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+TIER_COUNT = 2
+"""Tiers: 0 = interactive, 1 = batch."""
 
 
 @dataclass(frozen=True)
@@ -48,15 +55,19 @@ class QueuedItem(Generic[T]):
     priority: int
     enqueued_at: float
     deadline: float | None = None
+    tier: int = 0
+    """0 = interactive, 1 = batch: the whole interactive tier is served first."""
     seq: int = field(default=0)
 
 
 class BatchQueue(Generic[T]):
-    """Per-priority FIFO queues and the rule that forms batches from them."""
+    """Per-(tier, priority) FIFO queues and the rule that forms batches from them."""
 
     def __init__(self, policy: BatchPolicy) -> None:
         self.policy = policy
-        self._levels: list[deque[QueuedItem[T]]] = [deque() for _ in range(policy.priority_levels)]
+        self._levels: list[deque[QueuedItem[T]]] = [
+            deque() for _ in range(TIER_COUNT * policy.priority_levels)
+        ]
         self._count = 0
         self._seq = 0
 
@@ -71,7 +82,9 @@ class BatchQueue(Generic[T]):
         """Queue `item`; False (and nothing queued) when the queue is full."""
         if self.policy.max_queue_size and self._count >= self.policy.max_queue_size:
             return False
-        level = min(max(item.priority, 1), self.policy.priority_levels) - 1
+        levels = self.policy.priority_levels
+        tier = min(max(item.tier, 0), TIER_COUNT - 1)
+        level = tier * levels + min(max(item.priority, 1), levels) - 1
         self._seq += 1
         item.seq = self._seq
         self._levels[level].append(item)
@@ -88,6 +101,14 @@ class BatchQueue(Generic[T]):
             self._count -= 1
             return True
         return False
+
+    def clear(self) -> list[QueuedItem[T]]:
+        """Remove and return every queued item."""
+        items = list(self)
+        for level in self._levels:
+            level.clear()
+        self._count = 0
+        return items
 
     def pop_expired(self, now: float) -> list[QueuedItem[T]]:
         """Remove and return every item whose deadline is at or before `now`."""

@@ -31,6 +31,7 @@ from inferd.cli.flags import Flag, body
 from inferd.cli.tables import Column, cols, record, table
 from inferd.gateway.admin import AdminService
 from inferd.gateway.context import Principal
+from inferd.qos import TIERS
 from inferd.store.records import PAYLOAD_POLICIES, PERIODS
 from inferd.store.sqlite import USAGE_GROUPS
 
@@ -70,6 +71,8 @@ KEY_FLAGS = (
     *LIMIT_FLAGS,
     Flag("--expires-in", "expires_in_s", "expiry from now: 30d, 12h, 3600s", {"type": fv.duration}),
     Flag("--name", "name", "a label for the key"),
+    Flag("--priority", "priority", "tier of requests without x-inferd-priority (default interactive)",
+         {"choices": TIERS}),
 )  # fmt: skip
 BUDGET_TARGET_FLAGS = (
     Flag("--tenant", "tenant", "the tenant", {"required": True}),
@@ -94,7 +97,7 @@ TENANT_COLUMNS = cols("name", "rpm", "tpm", "concurrent=max_concurrent", "max_to
                       "payload=payload_logging", "disabled", "created")  # fmt: skip
 KEY_COLUMNS = cols("key_id", "tenant", "name", "roles", "models", "limits.rpm", "limits.tpm",
                    "concurrent=limits.max_concurrent", "limits.max_tokens", "expires=expires_at",
-                   "disabled", "created")  # fmt: skip
+                   "priority", "disabled", "created")  # fmt: skip
 BUDGET_COLUMNS = cols("tenant", "scope", "period", "max_tokens", "max_cost", "max_requests", "used_tokens",
                       "used_cost", "used_requests", "in_flight=in_flight_tokens", "resets=resets_at",
                       "note")  # fmt: skip

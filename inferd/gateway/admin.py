@@ -21,6 +21,7 @@ from inferd.configfile import ConfigError, parse
 from inferd.errors import InvalidInput, NotFound
 from inferd.gateway import keys
 from inferd.gateway.context import Principal
+from inferd.qos import Tier
 from inferd.store.records import (
     MICROS,
     ApiKey,
@@ -74,6 +75,8 @@ class KeySpec:
     expires_at: float | None = None
     """Unix time at which the key expires (alternative to `expires_in_s`)."""
     name: str = ""
+    priority: Tier | None = None
+    """Tier of the key's requests that send no `x-inferd-priority`: `interactive` (default) or `batch`."""
 
 
 @dataclass
@@ -85,6 +88,8 @@ class KeyPatch:
     expires_at: float | None = None
     """Unix time; 0 removes the expiry."""
     name: str | None = None
+    priority: Tier | None = None
+    """`interactive` or `batch`."""
 
 
 @dataclass
@@ -234,7 +239,7 @@ class AdminService:
         key_id, key = keys.generate_key()
         record = ApiKey(
             key_id, spec.tenant, keys.hash_key(key), frozenset(spec.roles), tuple(spec.models), limits,
-            expires, False, spec.name, now,
+            expires, False, spec.name, now, spec.priority,
         )  # fmt: skip
         self.store.put_key(record, self._audit(actor, "admin.key_create", key_id, dict(doc)))
         self._changed()
@@ -262,6 +267,7 @@ class AdminService:
             tuple(patch.models) if patch.models is not None else key.models, key.limits, expires,
             patch.disabled if patch.disabled is not None else key.disabled,
             patch.name if patch.name is not None else key.name, key.created,
+            patch.priority if patch.priority is not None else key.priority,
         )  # fmt: skip
         self.store.put_key(updated, self._audit(actor, "admin.key_update", key_id, dict(doc)))
         self._changed()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from inferd.gateway.context import Principal
+from inferd.qos import Tier
 from inferd.store.records import ApiKey, Budget, Limits, Price, Tenant
 from inferd.store.sqlite import SqliteStore
 
@@ -25,6 +26,8 @@ class KeyPolicy:
     budgets: tuple[Budget, ...]
     ceiling: int | None
     """The lower of the key's and the tenant's per-request `max_tokens` ceilings."""
+    priority: Tier = "interactive"
+    """The tier of the key's requests that send no `x-inferd-priority`."""
 
     @classmethod
     def of(cls, key: ApiKey, tenant: Tenant, budgets: tuple[Budget, ...]) -> KeyPolicy:
@@ -32,7 +35,7 @@ class KeyPolicy:
         principal = Principal(key.tenant, key.key_id, frozenset(key.roles), key.models)
         return cls(
             key, tenant, principal, "key:" + key.key_id, "tenant:" + tenant.name, budgets,
-            min(caps) if caps else None,
+            min(caps) if caps else None, key.priority or "interactive",
         )  # fmt: skip
 
     @property

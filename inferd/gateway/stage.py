@@ -4,6 +4,10 @@ It assigns request ids, authenticates (API keys, through `Governance`; or nobody
 the models a key may not use (the same 404 as a model that does not exist), admits requests against rate
 limits and budgets before any work starts, settles their usage (ledger row durable before the response),
 and records the per-request metrics. Transports call the gateway, never the dataplane.
+
+It also sets each call's quality of service: its tier (`x-inferd-priority`, else the key's `priority`, else
+interactive) and its deadline (the shortest of the V2 `timeout`, `x-inferd-timeout-ms` and a gRPC deadline,
+else the model's default), and holds the model's concurrency slot for the length of the call.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferd.dataplane import DataPlane
+from inferd.dataplane import DataPlane, Slot
 from inferd.errors import NotFound, PermissionDenied, Unauthenticated
 from inferd.gateway.access import allowed
 from inferd.gateway.context import CallContext, Protocol, RequestIds, StatusOf
 from inferd.gateway.governance import Consumed, Demand, Governance, Lease
 from inferd.generation import GenerateRequest, GenerationChunk, GenerationStream, Usage
 from inferd.metrics.registry import Metrics
+from inferd.qos import PRIORITY_HEADER, TIMEOUT_HEADER, Deadline, QoS, Tier, parse_tier, parse_timeout_ms
 from inferd.repository.llm_version import LLMVersion
 from inferd.repository.manager import IndexEntry
 from inferd.repository.model_version import ModelVersion
@@ -42,6 +47,8 @@ class GenerationCall:
     payload: dict[str, Any] = field(default_factory=dict)
     outputs: dict[tuple[int, int], list[str]] | None = None
     """Output text per (prompt, choice) when the tenant logs full payloads."""
+    slot: Slot | None = None
+    """The model's concurrency slot, released by `finish`."""
 
     @property
     def version(self) -> str:
@@ -124,8 +131,14 @@ class Gateway:
 
     def model_ready(self, ctx: CallContext, name: str, version: str | None = None) -> bool:
         """Readiness of a model the caller may see (a hidden model reads as an unknown one: not ready)."""
+        return self.model_readiness(ctx, name, version)[0]
+
+    def model_readiness(self, ctx: CallContext, name: str, version: str | None = None) -> tuple[bool, str]:
+        """Readiness and, when not ready, why (a hidden model reads as an unknown one)."""
         self.require(ctx)
-        return self.visible(ctx, name) and self.dataplane.model_ready(name, version)
+        if not self.visible(ctx, name):
+            return False, f"unknown model {name!r}"
+        return self.dataplane.model_readiness(name, version)
 
     def model_versions(self, ctx: CallContext, name: str) -> list[str]:
         self.check_model(ctx, name)
@@ -173,6 +186,28 @@ class Gateway:
         """The call's workflow: the `x-inferd-workflow` header, else the OpenAI `user` field."""
         return (ctx.workflow_header or user or "")[:256]
 
+    # -- quality of service --------------------------------------------------------------------------
+
+    def qos(self, ctx: CallContext, model_default_s: float | None, timeout_s: float | None = None) -> QoS:
+        """The call's tier and deadline: `timeout_s` (the request's own, e.g. V2 `timeout`) and the
+        `x-inferd-timeout-ms` header, the shorter one, else the model's default. InvalidInput for a
+        malformed header."""
+        headers = ctx.headers
+        raw = headers.get(PRIORITY_HEADER)
+        tier = parse_tier(raw) if raw else self._key_tier(ctx)
+        raw = headers.get(TIMEOUT_HEADER)
+        if raw:
+            header_s = parse_timeout_ms(raw)
+            timeout_s = min(timeout_s, header_s) if timeout_s else header_s
+        budget = timeout_s or model_default_s
+        return QoS(tier, Deadline.after(budget) if budget else None)
+
+    def _key_tier(self, ctx: CallContext) -> Tier:
+        if self.governance is None or not ctx.principal.key_id:
+            return "interactive"
+        policy = self.governance.snapshot.policies.get(ctx.principal.key_id)
+        return policy.priority if policy is not None else "interactive"
+
     # -- tensor inference ----------------------------------------------------------------------------
 
     async def infer(self, ctx: CallContext, request: InferRequest) -> InferResponse:
@@ -201,23 +236,37 @@ class Gateway:
         start = time.perf_counter()
         resolved = version or ""
         lease: Lease | None = None
+        slot: Slot | None = None
         try:
             loaded = self.model(ctx, model, version)
             resolved = loaded.version
+            timeout_us = requests[0].timeout_us if requests else None
+            qos = self.qos(ctx, loaded.default_timeout_s, timeout_us / 1e6 if timeout_us else None)
+            slot = self.dataplane.admit(loaded)
             if self.governance is not None:
                 lease = self.governance.admit(ctx, model, resolved, demand, workflow or self.workflow(ctx))
             if len(requests) == 1:
-                responses = [await self.dataplane.infer_on(loaded, requests[0])]
+                responses = [await self.dataplane.infer_on(loaded, requests[0], qos)]
             else:
                 responses = list(
-                    await asyncio.gather(*(self.dataplane.infer_on(loaded, r) for r in requests))
+                    await asyncio.gather(*(self.dataplane.infer_on(loaded, r, qos) for r in requests))
                 )
         except BaseException as exc:
-            await self._settle(lease, Consumed(), exc, lambda: _tensor_payload(requests, None))
-            self.record(ctx, model, resolved, exc, start)
+            try:
+                await self._settle(lease, Consumed(), exc, lambda: _tensor_payload(requests, None))
+                self.record(ctx, model, resolved, exc, start)
+            finally:
+                if slot is not None:
+                    slot.release()
             raise
-        await self._settle(lease, consumed_of(responses), None, lambda: _tensor_payload(requests, responses))
-        self.record(ctx, model, resolved, None, start)
+        try:
+            await self._settle(
+                lease, consumed_of(responses), None, lambda: _tensor_payload(requests, responses)
+            )
+            self.record(ctx, model, resolved, None, start)
+        finally:
+            if slot is not None:
+                slot.release()
         return responses
 
     async def _settle(
@@ -243,27 +292,37 @@ class Gateway:
             raise ValueError("no prompts")
         model, version = requests[0].model, requests[0].version
         loaded = self.llm(ctx, model, version)
-        prepared = [self._prepare(ctx, loaded, r) for r in requests]
-        call = GenerationCall([], None)
-        if self.governance is not None:
-            demand = Demand(
-                sum(len(_ids(r)) * r.sampling.n for r in prepared),
-                sum((r.sampling.max_tokens or 0) * r.sampling.n for r in prepared),
-            )
-            call.lease = self.governance.admit(ctx, model, loaded.version, demand, self.workflow(ctx, user))
-            policy = self.governance.payload_policy(ctx.principal)
-            if policy != "none":
-                call.payload = _generation_payload(requests, policy)
-            if policy == "full":
-                call.outputs = {}
+        qos = self.qos(ctx, loaded.default_timeout_s)
+        prepared = [
+            dataclasses.replace(self._prepare(ctx, loaded, r), priority=qos.tier, deadline=qos.deadline)
+            for r in requests
+        ]
+        call = GenerationCall([], None, slot=self.dataplane.admit(loaded))
         try:
+            if self.governance is not None:
+                demand = Demand(
+                    sum(len(_ids(r)) * r.sampling.n for r in prepared),
+                    sum((r.sampling.max_tokens or 0) * r.sampling.n for r in prepared),
+                )
+                call.lease = self.governance.admit(
+                    ctx, model, loaded.version, demand, self.workflow(ctx, user)
+                )
+                policy = self.governance.payload_policy(ctx.principal)
+                if policy != "none":
+                    call.payload = _generation_payload(requests, policy)
+                if policy == "full":
+                    call.outputs = {}
             for r in prepared:
                 call.streams.append(await self.dataplane.generate_on(loaded, r))
         except BaseException:
-            for s in call.streams:
-                await s.aclose()
-            if call.lease is not None and self.governance is not None:
-                self.governance.release(call.lease)  # refused before any work: no usage
+            try:
+                for s in call.streams:
+                    await s.aclose()
+                if call.lease is not None and self.governance is not None:
+                    self.governance.release(call.lease)  # refused before any work: no usage
+            finally:
+                if call.slot is not None:
+                    call.slot.release()
             raise
         if call.outputs is not None:
             call.streams = [_Captured(s, i, call.outputs) for i, s in enumerate(call.streams)]
@@ -288,15 +347,19 @@ class Gateway:
     ) -> None:
         """Settle a generation call (its ledger row is durable when this returns) and record it."""
         model = call.lease.model if call.lease else (call.streams[0].model if call.streams else "")
-        if call.lease is not None and self.governance is not None:
-            payload = dict(call.payload)
-            if call.outputs is not None:
-                payload.setdefault("full", {})["outputs"] = {
-                    f"{p}.{c}": "".join(parts)[:PAYLOAD_CHARS]
-                    for (p, c), parts in sorted(call.outputs.items())
-                }
-            await self.governance.settle(call.lease, call.consumed(), exc, payload or None)
-        self.record(ctx, model, call.version, exc, start)
+        try:
+            if call.lease is not None and self.governance is not None:
+                payload = dict(call.payload)
+                if call.outputs is not None:
+                    payload.setdefault("full", {})["outputs"] = {
+                        f"{p}.{c}": "".join(parts)[:PAYLOAD_CHARS]
+                        for (p, c), parts in sorted(call.outputs.items())
+                    }
+                await self.governance.settle(call.lease, call.consumed(), exc, payload or None)
+            self.record(ctx, model, call.version, exc, start)
+        finally:
+            if call.slot is not None:
+                call.slot.release()
 
     # -- metrics -------------------------------------------------------------------------------------
 

@@ -1,18 +1,32 @@
-"""A loaded LLM model version: tokenizer, chat template and the engine loop, ready to generate."""
+"""A loaded LLM model version: tokenizer, chat template and the engine loop, ready to generate.
+
+Deadlines: a request whose deadline passed is refused before it is queued, and one still waiting for its
+first token when the deadline passes is aborted (the engine frees it) and fails naming that stage. A crash of
+the engine loop fails the waiting requests (the engine's `ExecutionFailed`) and takes the version out of
+service: `on_fault` tells the model manager, which reports it unready with the reason.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+from inferd.batching.batcher import DrainRate
 from inferd.engine.async_engine import AsyncLLMEngine, RequestStream
 from inferd.engine.chat_template import ChatTemplate
 from inferd.engine.outputs import SchedulerStats
 from inferd.engine.tokenizer import Tokenizer
-from inferd.errors import InvalidInput, NotReady
+from inferd.errors import ExecutionFailed, InvalidInput, NotReady
 from inferd.generation import GenerateRequest, GenerationChunk, GenerationStream
 from inferd.metrics.registry import Metrics
+from inferd.qos import Deadline
+
+log = logging.getLogger("inferd.repository")
+
+ENGINE_PRIORITY = {"interactive": 0, "batch": 1}
+"""The engine's priority of each tier (lower is served first and preempted last)."""
 
 
 class LLMVersion:
@@ -27,6 +41,11 @@ class LLMVersion:
         chat_template: ChatTemplate | None,
         max_model_len: int,
         metrics: Metrics,
+        *,
+        default_timeout_s: float | None = None,
+        max_concurrent_requests: int = 0,
+        on_failure: str = "reload",
+        max_reloads: int = 3,
     ) -> None:
         self.name = name
         self.version = version
@@ -39,6 +58,17 @@ class LLMVersion:
         self._labels = (name, version)
         self._engine: AsyncLLMEngine | None = None
         self._last = SchedulerStats(0, 0, 0.0, 0, 0, 0)
+        self.default_timeout_s = default_timeout_s
+        """Timeout (to the first token) of requests that carry none."""
+        self.max_concurrent_requests = max_concurrent_requests
+        self.on_failure = on_failure
+        self.max_reloads = max_reloads
+        self.on_fault: Callable[[LLMVersion, str], None] | None = None
+        """Set by the model manager: told when this version takes itself out of service."""
+        self.fault: str | None = None
+        """Why the version is out of service (None while it serves)."""
+        self.drain_rate = DrainRate()
+        """Requests completed per second, for Retry-After."""
         metrics.model_ready.labels(name, version).set(1)
 
     def attach(self, engine: AsyncLLMEngine) -> None:
@@ -68,18 +98,60 @@ class LLMVersion:
 
     async def generate(self, request: GenerateRequest) -> GenerationStream:
         """Tokenize and queue the request; returns its stream once the engine accepted it."""
+        if self.fault is not None:
+            raise NotReady(f"model {self.name!r} version {self.version} is out of service: {self.fault}")
+        deadline = request.deadline
+        if deadline is not None and deadline.expired():
+            raise deadline.exceeded("before queueing", self.name)
         ids = self.prompt_token_ids(request)
         start = time.monotonic()
-        stream = await self.engine.generate(
-            ids,
-            request.sampling,
-            request_id=request.request_id,
-            model=self.name,
-            version=self.version,
-            skip_special_tokens=request.skip_special_tokens,
-        )
+        try:
+            stream = await self.engine.generate(
+                ids,
+                request.sampling,
+                request_id=request.request_id,
+                model=self.name,
+                version=self.version,
+                skip_special_tokens=request.skip_special_tokens,
+                priority=ENGINE_PRIORITY[request.priority],
+            )
+        except NotReady:
+            self.check_engine()
+            raise
         self._metrics.request_queue_time.labels(*self._labels).observe(time.monotonic() - start)
-        return _MeteredStream(stream, self._metrics, self._labels)
+        return _MeteredStream(stream, self, deadline)
+
+    def retry_after_s(self, ahead: int) -> float:
+        """Estimated seconds until `ahead` requests have completed."""
+        return self.drain_rate.seconds_to_drain(ahead)
+
+    def failure(self) -> str | None:
+        """Why the engine loop stopped, if it crashed."""
+        engine = self._engine
+        # AsyncLLMEngine keeps the exception that ended its loop.
+        error = getattr(engine, "error", None) or getattr(engine, "_error", None)
+        if isinstance(error, BaseException):
+            return f"the engine loop crashed: {type(error).__name__}: {error}"
+        return None
+
+    def check_engine(self) -> None:
+        """Report the version out of service if its engine loop crashed."""
+        reason = self.failure()
+        if reason is not None:
+            self.report_fault(reason)
+
+    def report_fault(self, reason: str) -> None:
+        if self.fault is not None:
+            return
+        self.fault = reason
+        log.error("model %s version %s is out of service: %s", self.name, self.version, reason)
+        self._metrics.model_ready.labels(*self._labels).set(0)
+        if self.on_fault is not None:
+            self.on_fault(self, reason)
+
+    async def discard(self) -> None:
+        """Release a version out of service."""
+        await self.close()
 
     def on_step(self, stats: SchedulerStats) -> None:
         """After each engine step (engine thread): gauges and cumulative counters."""
@@ -103,12 +175,15 @@ class LLMVersion:
 
 
 class _MeteredStream:
-    """A request stream that records the latency metrics as it is consumed."""
+    """A request stream that records the latency metrics as it is consumed, enforces the deadline until the
+    first token, and reports a crashed engine."""
 
-    def __init__(self, inner: RequestStream, metrics: Metrics, labels: tuple[str, str]) -> None:
+    def __init__(self, inner: RequestStream, version: LLMVersion, deadline: Deadline | None) -> None:
         self._inner = inner
-        self._metrics = metrics
-        self._labels = labels
+        self._version = version
+        self._metrics = version._metrics
+        self._labels = version._labels
+        self._deadline = deadline
         self.request_id = inner.request_id
         self.model = inner.model
         self.version = inner.version
@@ -118,21 +193,47 @@ class _MeteredStream:
     def __aiter__(self) -> AsyncIterator[GenerationChunk]:
         return self._iterate()
 
+    async def _first(self, chunks: AsyncIterator[GenerationChunk]) -> GenerationChunk | None:
+        """The first chunk, within the deadline (the request is aborted when it passes)."""
+        deadline = self._deadline
+        try:
+            if deadline is None:
+                return await anext(chunks)
+            try:
+                async with asyncio.timeout(max(deadline.remaining(), 0.0)):
+                    return await anext(chunks)
+            except TimeoutError:
+                raise deadline.exceeded("waiting for the first token", self.model) from None
+        except StopAsyncIteration:
+            return None
+
     async def _iterate(self) -> AsyncIterator[GenerationChunk]:
         m, labels = self._metrics, self._labels
         arrival = self._inner.arrival_time
-        last: float | None = None
-        async for chunk in self._inner:
+        chunks = self._inner.__aiter__()
+        try:
+            first = await self._first(chunks)
+            if first is None:
+                return
             now = time.monotonic()
-            if last is None:
-                m.time_to_first_token.labels(*labels).observe(now - arrival)
-            else:
-                m.inter_token_latency.labels(*labels).observe(now - last)
+            m.time_to_first_token.labels(*labels).observe(now - arrival)
             last = now
-            m.generation_tokens.labels(*labels).inc(len(chunk.token_ids))
-            yield chunk
-        m.e2e_request_latency.labels(*labels).observe(time.monotonic() - arrival)
+            m.generation_tokens.labels(*labels).inc(len(first.token_ids))
+            yield first
+            async for chunk in chunks:
+                now = time.monotonic()
+                m.inter_token_latency.labels(*labels).observe(now - last)
+                last = now
+                m.generation_tokens.labels(*labels).inc(len(chunk.token_ids))
+                yield chunk
+        except ExecutionFailed:
+            self._version.check_engine()
+            raise
+        elapsed = time.monotonic() - arrival
+        m.e2e_request_latency.labels(*labels).observe(elapsed)
         m.prompt_tokens.labels(*labels).inc(len(self.prompt_token_ids))
+        engine = self._version._engine
+        self._version.drain_rate.record(1, elapsed, (engine.num_open_streams if engine else 0) + 1)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

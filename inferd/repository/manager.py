@@ -4,6 +4,10 @@ Control modes (Triton's): `none` loads everything at start and never changes; `e
 `--load-model` names (or everything when none is named) and then follows the repository API; `poll` also
 rescans the repository and reloads models whose files changed. A model that fails to load is reported with its
 reason and never affects the others.
+
+A version that takes itself out of service (hung past `execution_timeout_s`, out of memory, a crashed LLM
+engine loop) is reported unready with its reason in the index; the model's `on_failure` policy then reloads
+it (at most `max_reloads` times since the last explicit load) or keeps it down. Other models never notice.
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ class _Model:
     state: ModelState = ModelState.UNAVAILABLE
     reason: str = ""
     versions: dict[str, ServedVersion] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    """Versions out of service after a fault, with the reason."""
+    reloads: int = 0
+    """Reloads after faults since the last explicit load."""
     fingerprint: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -85,6 +93,7 @@ class ModelManager:
         }
         self._models: dict[str, _Model] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._recoveries: set[asyncio.Task[None]] = set()
 
     async def start(self, load_models: list[str] | None = None) -> None:
         """Load the startup models; start polling when the mode is `poll`."""
@@ -100,8 +109,16 @@ class ModelManager:
     async def stop(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        for task in list(self._recoveries):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for name in list(self._models):
             await self.unload(name)
+
+    def served_versions(self) -> list[ServedVersion]:
+        """Every version in service, of either kind."""
+        return [v for m in self._models.values() for v in m.versions.values()]
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
         """The ready tensor-model version (the highest when `version` is None). NotFound / NotReady
@@ -121,6 +138,8 @@ class ModelManager:
     def get_any(self, name: str, version: str | None = None) -> ServedVersion:
         """The ready version of either kind (the highest when `version` is None)."""
         model = self._models.get(name)
+        if model is not None:
+            self._check_engines(model)
         if model is None or (not model.versions and model.state is not ModelState.LOADING):
             if model is None and not self.exists(name):
                 raise NotFound(f"unknown model {name!r}")
@@ -133,10 +152,21 @@ class ModelManager:
             return model.versions[max(model.versions, key=int)]
         found = model.versions.get(version)
         if found is None:
+            if version in model.failed:
+                raise NotReady(f"model {name!r} version {version} is out of service: {model.failed[version]}")
             if not version.isdigit():
                 raise InvalidInput(f"model version {version!r} is not a positive integer")
             raise NotFound(f"unknown version {version!r} of model {name!r}")
         return found
+
+    def _check_engines(self, model: _Model) -> None:
+        """Report LLM versions whose engine loop died since the last look (nothing else notices a crash
+        that happens while no request is waiting)."""
+        for served in list(model.versions.values()):
+            if isinstance(served, LLMVersion):
+                reason = served.failure()
+                if reason is not None:
+                    served.report_fault(reason)
 
     def exists(self, name: str) -> bool:
         """Whether `name` is a model of the repository (loaded or not). Client input: checked first."""
@@ -160,18 +190,22 @@ class ModelManager:
         on_disk = discovery.scan(self.repository)
         for name in sorted(set(on_disk) | set(self._models)):
             model = self._models.get(name)
-            if model is not None and model.versions:
-                entries += [
-                    IndexEntry(name, v, ModelState.READY.value, "") for v in sorted(model.versions, key=int)
-                ]
+            if model is not None:
+                self._check_engines(model)
+            if model is not None and (model.versions or model.failed):
+                rows = [(v, ModelState.READY.value, "") for v in model.versions]
+                if not ready_only:
+                    rows += [(v, ModelState.UNAVAILABLE.value, why) for v, why in model.failed.items()]
+                entries += [IndexEntry(name, v, state, why) for v, state, why in sorted(rows, key=_by_number)]
             elif not ready_only:
                 state = model.state.value if model else ModelState.UNAVAILABLE.value
                 reason = model.reason if model else "unloaded"
                 entries.append(IndexEntry(name, "", state, reason))
         return entries
 
-    async def load(self, name: str) -> None:
-        """Load (or reload) every version of `name` its version policy selects."""
+    async def load(self, name: str, *, recovering: bool = False) -> None:
+        """Load (or reload) every version of `name` its version policy selects; an explicit load (not
+        `recovering` from a fault) also resets the count of reloads after faults."""
         model_dir = discovery.scan(self.repository).get(name)
         if model_dir is None:
             raise NotFound(f"unknown model {name!r}: no folder {name!r} in the model repository")
@@ -194,9 +228,13 @@ class ModelManager:
                     if isinstance(loaded, LLMVersion)
                     else ModelVersion(name, version, *loaded, self._metrics)
                 )
+                served.on_fault = self._on_fault
                 versions[version] = served
                 log.info("model %s version %s loaded (sha256 %s)", name, version, served.sha256[:12])
             model.versions = versions
+            model.failed = {}
+            if not recovering:
+                model.reloads = 0
             model.state = ModelState.READY
             model.reason = ""
         for stale in old.values():
@@ -212,6 +250,7 @@ class ModelManager:
         async with model.lock:
             old = list(model.versions.values())
             model.versions = {}
+            model.failed = {}
             model.state = ModelState.UNLOADING
             for version in old:
                 await version.close()
@@ -272,6 +311,48 @@ class ModelManager:
                 raise ModelLoadError(f"version {number}: {type(exc).__name__}: {exc}") from None
         return loaded
 
+    # -- faults --------------------------------------------------------------------------------------
+
+    def _on_fault(self, version: ServedVersion, reason: str) -> None:
+        """A version took itself out of service: report it unready and apply the model's policy."""
+        model = self._models.get(version.name)
+        if model is None or model.versions.get(version.version) is not version:
+            return
+        del model.versions[version.version]
+        model.failed[version.version] = reason
+        if not model.versions:
+            model.state = ModelState.UNAVAILABLE
+            model.reason = f"version {version.version} is out of service: {reason}"
+        task = asyncio.get_running_loop().create_task(self._recover(model, version, reason))
+        self._recoveries.add(task)
+        task.add_done_callback(self._recoveries.discard)
+
+    async def _recover(self, model: _Model, version: ServedVersion, reason: str) -> None:
+        try:
+            await version.discard()
+        except Exception:
+            log.exception("releasing model %s version %s failed", model.name, version.version)
+        if version.on_failure == "stay_down":
+            why = f"{reason} (on_failure: stay_down; load the model to serve it again)"
+        elif model.reloads >= version.max_reloads:
+            why = f"{reason} (gave up after {model.reloads} reloads; load the model to serve it again)"
+        else:
+            model.reloads += 1
+            log.warning("reloading model %s after a fault (reload %d of %d)", model.name, model.reloads,
+                        version.max_reloads)  # fmt: skip
+            try:
+                await self.load(model.name, recovering=True)
+                return
+            except InferdError as exc:
+                why = f"{reason}; reload {model.reloads} failed: {exc.message}"
+        if model.failed.get(version.version) is not None:
+            model.failed[version.version] = why
+        if not model.versions:
+            model.state = ModelState.UNAVAILABLE
+            model.reason = f"version {version.version} is out of service: {why}"
+
+    # -- polling -------------------------------------------------------------------------------------
+
     async def _poll_loop(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval_s)
@@ -289,6 +370,10 @@ class ModelManager:
             if model is None or model.fingerprint != model_dir.fingerprint():
                 with contextlib.suppress(InferdError):
                     await self.load(name)
+
+
+def _by_number(row: tuple[str, str, str]) -> int:
+    return int(row[0])
 
 
 def _load_embedding(version_dir: Path, config: ModelConfig) -> Runtime:

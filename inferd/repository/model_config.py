@@ -13,6 +13,7 @@ from typing import Literal
 from inferd.configfile import load_yaml, parse
 
 CONFIG_FILE = "config.yaml"
+FailurePolicy = Literal["reload", "stay_down"]
 
 
 @dataclass
@@ -120,10 +121,26 @@ class ModelConfig:
     """Declared outputs; when absent they are read from the graph."""
     warmup: WarmupConfig | None = None
     """Warm-up requests run at load."""
+    max_concurrent_requests: int = 0
+    """Requests of this model (all versions) in flight at once, queued or running; beyond it requests are
+    refused at once with 429 / RESOURCE_EXHAUSTED (0 = no cap)."""
+    execution_timeout_s: float = 0.0
+    """Longest one batch may run; a batch past it fails its requests, and the version is taken out of
+    service (unready, with the reason) and handled by `on_failure` (0 = no timeout)."""
+    on_failure: FailurePolicy = "reload"
+    """What follows a version's fault (execution timeout, out of memory): `reload` the model (at most
+    `max_reloads` times) or `stay_down` until an explicit load."""
+    max_reloads: int = 3
+    """Reloads `on_failure: reload` attempts before the model stays down (counted since the last explicit
+    load)."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size is not None and self.max_batch_size < 0:
             raise ValueError("max_batch_size must be >= 0")
+        if self.max_concurrent_requests < 0 or self.max_reloads < 0:
+            raise ValueError("max_concurrent_requests and max_reloads must be >= 0")
+        if self.execution_timeout_s < 0:
+            raise ValueError("execution_timeout_s must be >= 0")
         if self.instances < 1:
             raise ValueError("instances must be >= 1")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:

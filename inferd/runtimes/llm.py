@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Literal
 
 from inferd.engine.chat_template import ChatTemplate
-from inferd.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from inferd.engine.config import CacheConfig, EngineConfig, FairnessConfig, SchedulerConfig
 from inferd.engine.tokenizer import Tokenizer
 from inferd.errors import ModelLoadError
 from inferd.metrics.registry import Metrics
 from inferd.repository.llm_version import LLMVersion
-from inferd.repository.model_config import VersionPolicyConfig
+from inferd.repository.model_config import FailurePolicy, VersionPolicyConfig
 
 
 @dataclass
@@ -43,10 +43,39 @@ class LLMModelConfig:
     what `max_num_seqs` full-length sequences need)."""
     enable_prefix_caching: bool = True
     """Reuse the KV of earlier requests' identical prompt prefixes."""
+    max_waiting_requests: int | None = 1024
+    """Most requests waiting for the engine; beyond it new ones are refused at once (429, Retry-After from
+    the measured drain rate). null: no bound."""
+    max_waiting_tokens: int | None = None
+    """Most prompt tokens waiting for the engine, likewise (null: no bound)."""
+    max_prefill_share: float = 1.0
+    """Share of a step's token budget prompt chunks may take while other requests decode or wait, so a long
+    prompt cannot hold up short ones (1 = no cap; decodes always get into every step)."""
+    long_prefill_token_threshold: int = 0
+    """Most prompt tokens one request prefills per step (0 = no cap): below the prefill share, several
+    prompts prefill side by side."""
+    preempt_for_waiting: bool = True
+    """An interactive request, or one of a tenant running fewer requests than another, may preempt a running
+    batch request or one of that other tenant when no slot or KV is free."""
+    tenant_weights: dict[str, float] = field(default_factory=dict)
+    """Fair-sharing weight of named tenants (others: 1): under contention a tenant of weight 2 gets twice
+    the tokens of one of weight 1."""
     version_policy: VersionPolicyConfig = field(default_factory=VersionPolicyConfig)
     """Which versions are served (default: the latest one)."""
+    default_timeout_ms: float = 0.0
+    """Deadline of requests that carry none (`x-inferd-timeout-ms`): a request still without its first
+    token by then is aborted with 504 (0 = none)."""
+    max_concurrent_requests: int = 0
+    """Requests of this model in flight at once; beyond it requests are refused at once with 429 (0 = no
+    cap)."""
+    on_failure: FailurePolicy = "reload"
+    """After a crash of the engine loop: `reload` the model (at most `max_reloads` times) or `stay_down`."""
+    max_reloads: int = 3
+    """Reloads `on_failure: reload` attempts before the model stays down."""
 
     def __post_init__(self) -> None:
+        if self.default_timeout_ms < 0 or self.max_concurrent_requests < 0 or self.max_reloads < 0:
+            raise ValueError("default_timeout_ms, max_concurrent_requests and max_reloads must be >= 0")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError("max_model_len must be >= 2")
         if self.max_num_seqs < 1 or self.block_size < 1:
@@ -55,6 +84,7 @@ class LLMModelConfig:
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs")
         if self.kv_cache_memory <= 0:
             raise ValueError("kv_cache_memory must be > 0 (bytes, or a fraction in (0, 1])")
+        self.engine_config()  # the engine's own checks (prefill share, queue bounds, weights)
 
     def engine_config(self, default_max_len: int = 4096) -> EngineConfig:
         """The engine's configuration (`max_model_len` is lowered to the model's at load)."""
@@ -64,6 +94,12 @@ class LLMModelConfig:
                 max_model_len=self.max_model_len or default_max_len,
                 max_num_seqs=self.max_num_seqs,
                 max_num_batched_tokens=self.max_num_batched_tokens,
+                long_prefill_token_threshold=self.long_prefill_token_threshold,
+                max_prefill_share=self.max_prefill_share,
+                max_waiting_requests=self.max_waiting_requests,
+                max_waiting_tokens=self.max_waiting_tokens,
+                preempt_for_waiting=self.preempt_for_waiting,
+                fairness=FairnessConfig(tenant_weights=dict(self.tenant_weights)),
             ),
             CacheConfig(
                 block_size=self.block_size,
@@ -114,8 +150,12 @@ def load_llm_version(
 
     loop = AsyncLLMEngine(None, tokenizer, build=build, name=f"{name}-{version}")
     served = LLMVersion(
-        name, version, sha256, tokenizer, template, built[0].config.scheduler.max_model_len, metrics
-    )
+        name, version, sha256, tokenizer, template, built[0].config.scheduler.max_model_len, metrics,
+        default_timeout_s=config.default_timeout_ms / 1000.0 or None,
+        max_concurrent_requests=config.max_concurrent_requests,
+        on_failure=config.on_failure,
+        max_reloads=config.max_reloads,
+    )  # fmt: skip
     loop.on_step = served.on_step
     served.attach(loop)
     return served

@@ -21,6 +21,8 @@ DERIVED_MAX_BATCH_SIZE = 32
 """max_batch_size given to models without one in config.yaml whose graph has a variable first dimension."""
 
 _BF16_ONNX_TYPE = 16  # onnx.TensorProto.BFLOAT16
+_OUT_OF_MEMORY = ("failed to allocate memory", "bad allocation", "bad_alloc", "out of memory")
+"""How ONNX Runtime's errors say an allocation failed (CPU arena, std::bad_alloc, CUDA)."""
 
 
 def providers_for(choice: str) -> list[str]:
@@ -82,10 +84,16 @@ class OnnxRuntime:
             else:
                 feeds[name] = array
         names = list(outputs)
-        if self._needs_ortvalues:
-            results = self._run_ortvalues(feeds, names)
-        else:
-            results = self._session.run(names, feeds)
+        try:
+            if self._needs_ortvalues:
+                results = self._run_ortvalues(feeds, names)
+            else:
+                results = self._session.run(names, feeds)
+        except Exception as exc:
+            # Out of memory is a fault of the version (it is taken out of service), not of one request.
+            if any(marker in str(exc).lower() for marker in _OUT_OF_MEMORY):
+                raise MemoryError(str(exc)) from exc
+            raise
         out: dict[str, Array] = {}
         for name, value in zip(names, results, strict=True):
             if name in self._string_outputs:

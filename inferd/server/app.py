@@ -34,6 +34,10 @@ from inferd.store.sqlite import SqliteStore
 log = logging.getLogger("inferd")
 
 GRPC_MAX_MESSAGE = 1 << 30
+SETTLE_AFTER_GRACE_S = 5.0
+"""After the grace period: how long requests failed by the shutdown get to settle (their ledger rows)."""
+LISTENER_CLOSE_S = 5.0
+"""Longest the listeners wait for open connections once the work has drained."""
 
 
 class InferdServer:
@@ -67,6 +71,7 @@ class InferdServer:
         self._uvicorn: uvicorn.Server | None = None
         self._uvicorn_task: asyncio.Task[None] | None = None
         self._grpc: grpc.aio.Server | None = None
+        self._stopping = False
         self._stopped = asyncio.Event()
 
     def http_app(self) -> Starlette:
@@ -124,6 +129,7 @@ class InferdServer:
             access_log=False,
             lifespan="off",
             timeout_keep_alive=30,
+            timeout_graceful_shutdown=int(LISTENER_CLOSE_S),
             loop="none",
         )
         self._uvicorn = _Uvicorn(uv_config)
@@ -149,9 +155,22 @@ class InferdServer:
         self.dataplane.set_ready(True)
 
     async def stop(self) -> None:
+        """Graceful shutdown: readiness goes false and new requests are refused at once; requests in flight
+        get `shutdown_grace_s` to finish (queued batches run without waiting to fill), then what is left is
+        failed; the listeners close, the models unload, and the ledger is flushed."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
         self.dataplane.set_ready(False)
+        grace = self.config.shutdown_grace_s
+        if not await self.dataplane.drain(grace):
+            log.warning(
+                "%d requests still in flight after %.0f s: failing them", self.dataplane.in_flight, grace
+            )
+            await self.dataplane.abandon(SETTLE_AFTER_GRACE_S)
         if self._grpc is not None:
-            await self._grpc.stop(grace=2.0)
+            await self._grpc.stop(grace=LISTENER_CLOSE_S)
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._uvicorn_task is not None:
@@ -177,7 +196,7 @@ class InferdServer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("shutting down")
+        log.info("shutting down: draining requests in flight (up to %.0f s)", self.config.shutdown_grace_s)
         await self.stop()
 
 

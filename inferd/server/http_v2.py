@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
 import zlib
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from inferd.errors import InvalidInput, PayloadTooLarge, Unauthenticated
+from inferd.errors import Cancelled, InvalidInput, PayloadTooLarge, Unauthenticated
 from inferd.gateway.context import CallContext
 from inferd.gateway.stage import Gateway
 from inferd.server import model_views, status
@@ -22,6 +23,9 @@ from inferd.server.v2_codec import HEADER_LENGTH, decode_request, encode_respons
 
 JSON = "application/json"
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+REASON_HEADER = "x-inferd-reason"
+"""Why a model is not ready (on a 503 from its ready endpoint)."""
 
 
 def json_response(doc: Any, code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -62,6 +66,33 @@ async def read_body(request: Request, limit: int) -> bytes:
     elif encoding not in ("", "identity"):
         raise InvalidInput(f"unsupported Content-Encoding {encoding!r}")
     return body
+
+
+async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Await `work` in this task, cancelling it if the client disconnects first (then Cancelled): a request
+    whose client went away leaves the batcher's queue or the engine, and its reservations are released.
+    Call it once the body is read (the watcher takes over the connection's receive channel)."""
+    task = asyncio.current_task()
+    if task is None:  # pragma: no cover - always called from a task
+        return await work
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            raise Cancelled("the client closed the connection before its response") from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 class V2Http:
@@ -135,8 +166,9 @@ class V2Http:
 
     async def model_ready(self, request: Request) -> Response:
         name, version = _model_path(request)
-        ready = self.gateway.model_ready(self._begin(request), name, version)
-        return json_response({"name": name, "ready": ready}, 200 if ready else 503)
+        ready, reason = self.gateway.model_readiness(self._begin(request), name, version)
+        headers = {REASON_HEADER: _header_text(reason)} if reason else None
+        return json_response({"name": name, "ready": ready}, 200 if ready else 503, headers)
 
     async def model_config(self, request: Request) -> Response:
         name, version = _model_path(request)
@@ -197,7 +229,7 @@ class V2Http:
             self.gateway.record(ctx, name, version or "", exc, started)
             return error_response(exc, ctx.request_id)
         try:
-            response = await self.gateway.infer(ctx, infer_request)
+            response = await unless_disconnected(request, self.gateway.infer(ctx, infer_request))
             out, header_len = encode_response(response, infer_request)
         except Exception as exc:
             return error_response(exc, ctx.request_id)
@@ -206,6 +238,11 @@ class V2Http:
             return Response(out, media_type=JSON, headers=headers)
         headers[HEADER_LENGTH] = str(header_len)
         return Response(out, media_type="application/octet-stream", headers=headers)
+
+
+def _header_text(text: str) -> str:
+    """`text` as a header value: printable ASCII, bounded."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:512])
 
 
 def _model_path(request: Request) -> tuple[str, str | None]:

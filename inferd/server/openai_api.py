@@ -2,8 +2,10 @@
 `/v1/embeddings`.
 
 Bodies are parsed by `openai_schema`; generation goes through the gateway; errors have OpenAI's shape
-`{"error": {"message", "type", "param", "code"}}`. A streaming client that disconnects has its requests
-aborted (the stream's cancellation closes the engine streams). Every response carries `x-request-id`.
+`{"error": {"message", "type", "param", "code"}}`. A client that disconnects has its requests aborted:
+streaming ones through the stream's cancellation, the others through a watcher of the connection
+(`unless_disconnected`); either way the engine streams are closed and the call is settled. Every response
+carries `x-request-id`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from inferd import datatypes
 from inferd.errors import NotFound, PermissionDenied, QuotaExceeded, RateLimited, Unauthenticated
@@ -31,7 +34,7 @@ from inferd.runtimes.embedding_io import OUTPUT as EMBEDDING_OUTPUT
 from inferd.runtimes.embedding_io import PLATFORM as EMBEDDING_PLATFORM
 from inferd.runtimes.embedding_io import TOKENS as EMBEDDING_TOKENS
 from inferd.server import status
-from inferd.server.http_v2 import read_body
+from inferd.server.http_v2 import read_body, unless_disconnected
 from inferd.server.openai_schema import (
     InvalidParam,
     OpenAIRequest,
@@ -143,6 +146,48 @@ async def _merged(streams: Sequence[GenerationStream]) -> AsyncIterator[tuple[in
     finally:
         for task in tasks:
             task.cancel()
+
+
+class _EventStream(StreamingResponse):
+    """An SSE response that always settles its call: also when the client left before the first event
+    (then the event generator never started, and its own cleanup would never run)."""
+
+    def __init__(
+        self, events: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]], headers: dict[str, str]
+    ) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._cleanup()
+
+
+class _Settlement:
+    """Closes a call's streams and settles it, once."""
+
+    def __init__(self, gateway: Gateway, ctx: CallContext, call: GenerationCall, start: float) -> None:
+        self._gateway = gateway
+        self._ctx = ctx
+        self._call = call
+        self._start = start
+        self.done = False
+
+    async def __call__(self, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            for stream in self._call.streams:
+                await stream.aclose()
+        finally:
+            await self._gateway.finish(self._ctx, self._call, error, self._start)
+
+    async def abandoned(self) -> None:
+        """The response ended without the stream settling the call: its client went away."""
+        await self(asyncio.CancelledError())
 
 
 class OpenAIHttp:
@@ -265,12 +310,13 @@ class OpenAIHttp:
                 )
                 for prompt in ((None,) if chat else parsed.prompts)
             ]
-            call = await self.gateway.generate(ctx, generates, parsed.user)
+            call = await unless_disconnected(request, self.gateway.generate(ctx, generates, parsed.user))
             if parsed.stream:
                 headers = {**success_headers(ctx), "cache-control": "no-cache"}
-                events = self._events(ctx, parsed, call, chat, start)
-                return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-            doc = await self._whole(ctx, parsed, call.streams, chat)
+                settle = _Settlement(self.gateway, ctx, call, start)
+                events = self._events(ctx, parsed, call, chat, settle)
+                return _EventStream(events, settle.abandoned, headers)
+            doc = await unless_disconnected(request, self._whole(ctx, parsed, call.streams, chat))
         except BaseException as exc:
             if call is None:
                 self.gateway.record(ctx, model, "", exc, start)
@@ -321,7 +367,7 @@ class OpenAIHttp:
         parsed: OpenAIRequest,
         call: GenerationCall,
         chat: bool,
-        start: float,
+        settle: _Settlement,
     ) -> AsyncIterator[bytes]:
         n = parsed.sampling.n
         streams = call.streams
@@ -333,7 +379,6 @@ class OpenAIHttp:
         }
         offsets: dict[int, int] = {}
         error: BaseException | None = None
-        settled = False
         try:
             if chat:
                 first = [
@@ -360,8 +405,7 @@ class OpenAIHttp:
                     choice["stop_reason"] = chunk.stop_reason
                 yield self._event({**base, "choices": [choice]}, parsed)
             # The ledger row is durable before the client sees the end of the response.
-            settled = True
-            await self.gateway.finish(ctx, call, None, start)
+            await settle(None)
             if parsed.include_usage:
                 usage = _usage(streams)
                 if ctx.cost_micros is not None:
@@ -373,14 +417,11 @@ class OpenAIHttp:
             raise
         except Exception as exc:
             error = exc
-            message = {"error": {"message": status.message(exc), "type": "server_error", "param": None,
-                                 "code": None}}  # fmt: skip
+            message = {"error": {"message": status.message(exc), "type": _ERROR_TYPES.get(
+                status.http_status(exc), "server_error"), "param": None, "code": None}}  # fmt: skip
             yield b"data: " + orjson.dumps(message) + b"\n\n"
         finally:
-            for stream in streams:
-                await stream.aclose()
-            if not settled:
-                await self.gateway.finish(ctx, call, error, start)
+            await settle(error)
 
     @staticmethod
     def _event(doc: dict[str, Any], parsed: OpenAIRequest) -> bytes:

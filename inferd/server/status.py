@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -9,6 +10,9 @@ import grpc
 from inferd import errors
 
 log = logging.getLogger("inferd.server")
+
+CLIENT_CLOSED = 499
+"""HTTP status recorded (never sent: nobody listens) for a request whose client went away (nginx's code)."""
 
 _TABLE: list[tuple[type[errors.InferdError], int, grpc.StatusCode]] = [
     (errors.InvalidInput, 400, grpc.StatusCode.INVALID_ARGUMENT),
@@ -20,6 +24,7 @@ _TABLE: list[tuple[type[errors.InferdError], int, grpc.StatusCode]] = [
     (errors.ResourceExhausted, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.NotReady, 503, grpc.StatusCode.UNAVAILABLE),
     (errors.DeadlineExceeded, 504, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Cancelled, CLIENT_CLOSED, grpc.StatusCode.CANCELLED),
     (errors.ModelLoadError, 400, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ExecutionFailed, 500, grpc.StatusCode.INTERNAL),
     (errors.InternalError, 500, grpc.StatusCode.INTERNAL),
@@ -27,6 +32,8 @@ _TABLE: list[tuple[type[errors.InferdError], int, grpc.StatusCode]] = [
 
 
 def _lookup(exc: BaseException) -> tuple[int, grpc.StatusCode]:
+    if isinstance(exc, asyncio.CancelledError):  # the client went away (disconnect, gRPC cancel)
+        return CLIENT_CLOSED, grpc.StatusCode.CANCELLED
     for cls, http, code in _TABLE:
         if isinstance(exc, cls):
             return http, code

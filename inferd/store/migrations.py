@@ -102,6 +102,10 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO config_version VALUES (1, 0);
     """
     + _BUMPS,
+    # 2: a key's default priority tier (`interactive` or `batch`; NULL = interactive).
+    """
+    ALTER TABLE api_keys ADD COLUMN priority TEXT;
+    """,
 )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+from inferd.qos import Tier
+
 Role = Literal["admin", "user"]
 ROLES: tuple[Role, ...] = ("admin", "user")
 PayloadPolicy = Literal["none", "metadata", "full"]
@@ -73,6 +75,8 @@ class ApiKey:
     disabled: bool = False
     name: str = ""
     created: float = 0.0
+    priority: Tier | None = None
+    """Tier of the key's requests that send no `x-inferd-priority` (None: interactive)."""
 
     def describe(self) -> dict[str, Any]:
         """The key as the admin API shows it (no hash)."""
@@ -86,6 +90,7 @@ class ApiKey:
             "expires_at": self.expires_at,
             "disabled": self.disabled,
             "created": self.created,
+            "priority": self.priority or "interactive",
         }
 
 

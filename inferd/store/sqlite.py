@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import orjson
 
+from inferd.qos import TIERS, Tier
 from inferd.store.migrations import migrate
 from inferd.store.records import (
     ApiKey,
@@ -96,6 +97,13 @@ def append(conn: sqlite3.Connection, usage: Sequence[UsageRow], audit: Sequence[
 
 def _limits(row: sqlite3.Row) -> Limits:
     return Limits(row["rpm"], row["tpm"], row["max_concurrent"], row["max_tokens"])
+
+
+def _tier(text: str | None) -> Tier | None:
+    for tier in TIERS:
+        if text == tier:
+            return tier
+    return None
 
 
 def _roles(text: str) -> frozenset[Role]:
@@ -193,13 +201,13 @@ class SqliteStore:
         with self._tx() as c:
             c.execute(
                 "INSERT OR REPLACE INTO api_keys (key_id, tenant, key_hash, roles, models, rpm, tpm, "
-                "max_concurrent, max_tokens, expires_at, disabled, name, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "max_concurrent, max_tokens, expires_at, disabled, name, created, priority) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.key_id, key.tenant, key.key_hash, ",".join(sorted(key.roles)),
                     orjson.dumps(list(key.models)).decode(), key.limits.rpm, key.limits.tpm,
                     key.limits.max_concurrent, key.limits.max_tokens, key.expires_at, int(key.disabled),
-                    key.name, key.created,
+                    key.name, key.created, key.priority,
                 ),
             )  # fmt: skip
             _audit(c, audit)
@@ -220,7 +228,7 @@ class SqliteStore:
             ApiKey(
                 r["key_id"], r["tenant"], r["key_hash"], _roles(r["roles"]),
                 tuple(orjson.loads(r["models"])), _limits(r), r["expires_at"], bool(r["disabled"]),
-                r["name"], r["created"],
+                r["name"], r["created"], _tier(r["priority"]),
             )
             for r in self._query(sql + " ORDER BY created, key_id", params)
         ]  # fmt: skip

@@ -107,7 +107,7 @@ def test_full_queue_refuses_at_once_and_expired_requests_never_run(
 
         expired = queued.result(30)
         assert expired.status_code == 504
-        assert "timeout expired" in expired.json()["error"]
+        assert "deadline exceeded while queued for model 'gated'" in expired.json()["error"]
         runtime.release.set()
         done = executing.result(30)
         assert done.status_code == 200
