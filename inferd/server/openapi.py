@@ -373,6 +373,7 @@ _PAYLOAD_LOGGING = {"enum": ["none", "metadata", "full"]}
 _ROLES = {"enum": ["admin", "user"]}
 _SCOPE = {"enum": ["tenant", "workflow"]}
 _PERIOD = {"enum": ["day", "month", "total"]}
+_TIER = {"enum": ["interactive", "batch"]}
 _KEY_FIELDS = {
     "key_id": _STR,
     "tenant": _STR,
@@ -383,6 +384,7 @@ _KEY_FIELDS = {
     "expires_at": _null("number"),
     "disabled": _BOOL,
     "created": _TIME,
+    "priority": _TIER,
 }
 _BUDGET_FIELDS = {
     "tenant": _STR,
@@ -409,7 +411,7 @@ _ADMIN_SCHEMAS: dict[str, Schema] = {
     ),
     "Tenant": _closed(name=_STR, **_LIMITS, payload_logging=_PAYLOAD_LOGGING, disabled=_BOOL, created=_TIME),
     "KeySpec": _closed(
-        ("models", "roles", *_LIMITS, "expires_in_s", "expires_at", "name"),
+        ("models", "roles", *_LIMITS, "expires_in_s", "expires_at", "name", "priority"),
         tenant=_STR,
         models=_array({"type": "string", "minLength": 1}, minItems=1),
         roles=_array(_ROLES, minItems=1),
@@ -417,13 +419,15 @@ _ADMIN_SCHEMAS: dict[str, Schema] = {
         expires_in_s=_null("number", minimum=0),
         expires_at=_null("number"),
         name=_STR,
+        priority={"anyOf": [_TIER, {"type": "null"}]},
     ),
     "KeyPatch": _closed(
-        ("disabled", "models", "expires_at", "name"),
+        ("disabled", "models", "expires_at", "name", "priority"),
         disabled=_null("boolean"),
         models=_null("array", items=_STR, minItems=1),
         expires_at=_null("number", description="Unix time; 0 removes the expiry."),
         name=_null("string"),
+        priority={"anyOf": [_TIER, {"type": "null"}]},
     ),
     "Key": _closed(**_KEY_FIELDS),
     "CreatedKey": _closed(
@@ -532,6 +536,10 @@ _CALL_HEADERS = [
         "idempotency-key", "header", _STR, "Repeats of a key are recorded as retries of its first request."
     ),
     _param("x-inferd-retry-of", "header", _STR, "The request id this call retries."),
+    _param(
+        "x-inferd-priority", "header", _TIER, "The request's tier (default: the key's, else interactive)."
+    ),
+    _param("x-inferd-timeout-ms", "header", _STR, "Milliseconds the client waits (a positive number)."),
 ]
 _INFER_RESPONSES = {
     "200": {
@@ -548,6 +556,7 @@ _READY_RESPONSES = {
     "200": _ok("The model is ready.", _ref("ModelReady"), request_id=False),
     "503": {
         "description": "The model is not ready (or not visible to the key).",
+        "headers": {"x-inferd-reason": {"description": "Why, when known.", "schema": _STR}},
         **_json(_ref("ModelReady")),
     },
     **_errors("V2", 400, 401),

@@ -1,0 +1,146 @@
+"""Schemathesis against a live governed server with the server's own OpenAPI document.
+
+Every operation is called as a user key and as the admin key, with the document's examples, its coverage
+cases (boundaries, values just outside them, missing and wrong-typed fields, unexpected methods) and generated
+bodies, parameters and headers; and with a key the server never issued (examples and a few generated cases).
+No response may be a server error (5xx) and each must match the document (its status and the schema of its
+content type).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from inferd.server import openapi
+from tests.fuzz.conftest import FuzzServer
+
+MAX_EXAMPLES = 10
+"""Generated cases per operation and principal (the examples and coverage phases add theirs)."""
+SEED = 20240601
+"""Fixed, so a run is reproducible; change it locally to explore further."""
+
+
+def _schema(**config: Any) -> Any:
+    base = {"seed": SEED, "generation": {"with-security-parameters": False, "database": "none"}}
+    loaded = schemathesis.config.SchemathesisConfig.from_dict({**base, **config})
+    return schemathesis.openapi.from_dict(openapi.build(), config=loaded)
+
+
+SCHEMA = _schema()
+LIGHT_SCHEMA = _schema(phases={"coverage": {"enabled": False}})
+
+# Readiness answers "not ready" with 503 and a `{"ready": false}` body: a documented boolean answer, not a
+# server fault (the schema check still holds it to the documented shape).
+READINESS = {"v2Ready", "v2ModelReady", "v2VersionReady"}
+
+# Server faults found by this test whose fix lies outside the transports, tolerated until fixed; each has a
+# strict xfail below that fails once it is fixed, as the reminder to drop its entry here.
+# gateway/admin.py passes integers of 2**63 and more, and costs whose micro-units are that large, to SQLite
+# unchecked: 500 OverflowError.
+KNOWN_BUGS = {
+    op: "internal error: OverflowError"
+    for op in ("adminPutTenant", "adminCreateKey", "adminSetBudget", "adminSetPrice", "adminUpdateKey")
+}
+
+
+def _operation_id(case: Any) -> str:
+    return str(case.operation.definition.raw.get("operationId", ""))
+
+
+def no_server_error(ctx: Any, response: Any, case: Any) -> bool | None:
+    """`not_a_server_error`, but for readiness's 503 and the known bugs above."""
+    op = _operation_id(case)
+    if op in READINESS and response.status_code == 503:
+        assert response.json()["ready"] is False, response.text
+        return None
+    known = KNOWN_BUGS.get(op)
+    if known is not None and response.status_code == 500 and known in response.text:
+        return None
+    return not_a_server_error(ctx, response, case)
+
+
+def _call(case: Any, server: FuzzServer, who: str) -> None:
+    response = case.call(base_url=server.base, headers=server.headers(who), timeout=30)
+    case.validate_response(response, checks=[no_server_error, response_schema_conformance])
+
+
+def _settings(max_examples: int) -> Any:
+    return settings(
+        max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
+
+
+@SCHEMA.parametrize()
+@_settings(MAX_EXAMPLES)
+def test_api_as_user(case: Any, fuzz_server: FuzzServer) -> None:
+    _call(case, fuzz_server, "user")
+
+
+@SCHEMA.parametrize()
+@_settings(MAX_EXAMPLES)
+def test_api_as_admin(case: Any, fuzz_server: FuzzServer) -> None:
+    _call(case, fuzz_server, "admin")
+
+
+@LIGHT_SCHEMA.parametrize()
+@_settings(3)
+def test_api_with_an_unknown_key(case: Any, fuzz_server: FuzzServer) -> None:
+    _call(case, fuzz_server, "nobody")
+
+
+@pytest.mark.xfail(strict=True, reason="gateway/admin.py: numbers past 64 bits reach SQLite (KNOWN_BUGS)")
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("PUT", "/tenants/fuzz-big", {"rpm": 2**63}),
+        ("POST", "/keys", {"tenant": openapi.TENANT, "tpm": 2**63}),
+        ("PATCH", "/keys/{key_id}", {"expires_at": 1e300}),
+        ("PUT", "/budgets", {"tenant": openapi.TENANT, "max_cost": 1e300}),
+        ("PUT", "/prices", {"model": "fuzz-big", "per_inference": 1e300}),
+    ],
+)
+def test_admin_numbers_past_64_bits_are_refused(
+    fuzz_server: FuzzServer, method: str, path: str, body: dict[str, Any]
+) -> None:
+    with httpx.Client(
+        base_url=fuzz_server.base + "/admin/v1", headers=fuzz_server.headers("admin"), timeout=30
+    ) as admin:
+        if "{key_id}" in path:
+            created = admin.post("/keys", json={"tenant": openapi.TENANT})
+            path = path.format(key_id=created.json()["key_id"])
+        response = admin.request(method, path, json=body)
+    assert response.status_code == 400, response.text
+
+
+def test_openapi_document_is_served_without_auth(fuzz_server: FuzzServer) -> None:
+    response = httpx.get(fuzz_server.base + "/openapi.json", timeout=30)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == openapi.build()
+
+
+@pytest.mark.parametrize("who", ["user", "admin"])
+def test_server_still_serves_after_fuzzing(fuzz_server: FuzzServer, who: str) -> None:
+    """Nothing the fuzzer sent broke a model, the LLM engine, the embedding model or governance."""
+    with httpx.Client(base_url=fuzz_server.base, headers=fuzz_server.headers(who), timeout=30) as http:
+        infer = http.post(
+            "/v2/models/identity_fp32/infer",
+            json={"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]},
+        )
+        assert infer.status_code == 200, infer.text
+        assert infer.json()["outputs"][0]["data"] == [1, 2, 3, 4]
+        done = http.post(
+            "/v1/completions",
+            json={"model": "tiny-llama", "prompt": "ka lo", "max_tokens": 3, "ignore_eos": True},
+        )
+        assert done.status_code == 200, done.text
+        assert done.json()["usage"]["completion_tokens"] == 3
+        embedded = http.post("/v1/embeddings", json={"model": "tiny-embed", "input": "hello"})
+        assert embedded.status_code == 200, embedded.text
