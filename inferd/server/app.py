@@ -27,7 +27,7 @@ from inferd.repository.manager import ModelManager, RuntimeLoader
 from inferd.server import openapi, status
 from inferd.server.admin_api import AdminHttp
 from inferd.server.grpc_v2 import V2Grpc, add_to_server
-from inferd.server.http_v2 import V2Http, error_response
+from inferd.server.http_v2 import V2Http, error_response, json_response
 from inferd.server.openai_api import OpenAIHttp
 from inferd.store.sqlite import SqliteStore
 
@@ -95,6 +95,11 @@ class InferdServer:
 
         async def not_found(request: Request, exc: Exception) -> Response:
             code = getattr(exc, "status_code", 404)
+            if request.url.path.startswith(("/v1/", "/admin/")):  # the OpenAI error shape there
+                what = "not found" if code == 404 else "method not allowed"
+                message = f"{request.method} {request.url.path}: {what}"
+                error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+                return json_response({"error": error}, code)
             return Response(
                 b'{"error":"' + (b"not found" if code == 404 else b"method not allowed") + b'"}',
                 status_code=code,

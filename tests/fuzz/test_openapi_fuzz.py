@@ -119,6 +119,34 @@ def test_admin_numbers_past_64_bits_are_refused(
     assert response.status_code == 400, response.text
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("GET", "/admin/v1/tenants/a%2Fb", 404),
+        ("GET", "/admin/v1/nope", 404),
+        ("GET", "/v1/models/x", 404),
+        ("PATCH", "/v1/completions", 405),
+        ("GET", "/v2/models/a%2Fb/ready", 404),
+        ("PUT", "/v2/models/identity_fp32", 405),
+    ],
+)
+def test_unrouted_requests_answer_in_their_api_error_shape(
+    fuzz_server: FuzzServer, method: str, path: str, code: int
+) -> None:
+    """What no route takes (a path parameter holding '/', an unknown path, a wrong method) still answers in
+    the error shape of the API the path belongs to."""
+    response = httpx.request(
+        method, fuzz_server.base + path, headers=fuzz_server.headers("admin"), timeout=30
+    )
+    assert response.status_code == code
+    error = response.json()["error"]
+    if path.startswith("/v2/"):
+        assert isinstance(error, str) and error
+    else:
+        assert set(error) == {"message", "type", "param", "code"}, error
+        assert error["message"].startswith(f"{method} /"), error
+
+
 def test_openapi_document_is_served_without_auth(fuzz_server: FuzzServer) -> None:
     response = httpx.get(fuzz_server.base + "/openapi.json", timeout=30)
     assert response.status_code == 200
