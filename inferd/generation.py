@@ -35,6 +35,9 @@ class GenerateRequest:
     deadline: Deadline | None = None
     """When the client stops waiting (`x-inferd-timeout-ms` or the model's `default_timeout_ms`); `at` is on
     the `time.monotonic()` clock. A request without its first token by then is aborted."""
+    tenant: str = ""
+    """Who pays for the request (the key's tenant): the LLM scheduler shares capacity fairly between
+    tenants."""
 
 
 @dataclass(frozen=True, slots=True)

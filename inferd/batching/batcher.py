@@ -55,7 +55,7 @@ class DynamicBatcher(Generic[P, R]):
         self._slots = concurrency
         self._busy = 0
         self._wakeup = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], list[QueuedItem[tuple[P, asyncio.Future[R]]]]] = {}
         self._closed = False
         self._flushing = False
         self._failure: str | None = None
@@ -130,12 +130,15 @@ class DynamicBatcher(Generic[P, R]):
         self._flushing = True
         self._wakeup.set()
 
-    def fail(self, error: InferdError) -> None:
+    def fail(self, error: InferdError, *, running: bool = False) -> None:
         """Fail every queued request with `error` and refuse new work with NotReady and its message;
-        batches already running finish on their own."""
+        batches already running finish on their own, their requests failed now too when `running`."""
         self._closed = True
         self._failure = error.message
-        for item in self._queue.clear():
+        items = self._queue.clear()
+        if running:
+            items += [it for batch in self._tasks.values() for it in batch]
+        for item in items:
             fut = item.payload[1]
             if not fut.done():
                 fut.set_exception(error)
@@ -181,11 +184,11 @@ class DynamicBatcher(Generic[P, R]):
             self._busy += 1
             self._executing += len(live)
             task = asyncio.get_running_loop().create_task(self._execute(live))
-            self._tasks.add(task)
+            self._tasks[task] = live
             task.add_done_callback(self._executed)
 
     def _executed(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         self._changed.set()
 
     async def _execute(self, batch: list[QueuedItem[tuple[P, asyncio.Future[R]]]]) -> None:

@@ -294,7 +294,12 @@ class Gateway:
         loaded = self.llm(ctx, model, version)
         qos = self.qos(ctx, loaded.default_timeout_s)
         prepared = [
-            dataclasses.replace(self._prepare(ctx, loaded, r), priority=qos.tier, deadline=qos.deadline)
+            dataclasses.replace(
+                self._prepare(ctx, loaded, r),
+                priority=qos.tier,
+                deadline=qos.deadline,
+                tenant=ctx.principal.tenant if self.governance is not None else "",
+            )
             for r in requests
         ]
         call = GenerationCall([], None, slot=self.dataplane.admit(loaded))

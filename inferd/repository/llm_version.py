@@ -9,6 +9,7 @@ service: `on_fault` tells the model manager, which reports it unready with the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -114,6 +115,8 @@ class LLMVersion:
                 version=self.version,
                 skip_special_tokens=request.skip_special_tokens,
                 priority=ENGINE_PRIORITY[request.priority],
+                tenant=request.tenant,
+                deadline=deadline.at if deadline is not None else None,
             )
         except NotReady:
             self.check_engine()
@@ -127,12 +130,17 @@ class LLMVersion:
 
     def failure(self) -> str | None:
         """Why the engine loop stopped, if it crashed."""
-        engine = self._engine
-        # AsyncLLMEngine keeps the exception that ended its loop.
-        error = getattr(engine, "error", None) or getattr(engine, "_error", None)
-        if isinstance(error, BaseException):
-            return f"the engine loop crashed: {type(error).__name__}: {error}"
-        return None
+        return self._engine.failure if self._engine is not None else None
+
+    def watch_engine(self) -> None:
+        """Report a crash of the engine loop as soon as it happens (call on the event loop)."""
+        loop = asyncio.get_running_loop()
+
+        def crashed(reason: str) -> None:  # on the engine thread
+            with contextlib.suppress(RuntimeError):  # the event loop is closed: the server is gone
+                loop.call_soon_threadsafe(self.report_fault, reason)
+
+        self.engine.on_failure = crashed
 
     def check_engine(self) -> None:
         """Report the version out of service if its engine loop crashed."""

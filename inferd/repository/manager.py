@@ -164,9 +164,9 @@ class ModelManager:
         that happens while no request is waiting)."""
         for served in list(model.versions.values()):
             if isinstance(served, LLMVersion):
-                reason = served.failure()
+                reason = served.fault or served.failure()
                 if reason is not None:
-                    served.report_fault(reason)
+                    self._on_fault(served, reason)
 
     def exists(self, name: str) -> bool:
         """Whether `name` is a model of the repository (loaded or not). Client input: checked first."""
@@ -229,6 +229,8 @@ class ModelManager:
                     else ModelVersion(name, version, *loaded, self._metrics)
                 )
                 served.on_fault = self._on_fault
+                if isinstance(served, LLMVersion):
+                    served.watch_engine()
                 versions[version] = served
                 log.info("model %s version %s loaded (sha256 %s)", name, version, served.sha256[:12])
             model.versions = versions

@@ -159,10 +159,10 @@ class ModelVersion:
         self._batcher.flush()
 
     def stop_now(self, message: str) -> None:
-        """Fail every queued request with NotReady(`message`) and refuse new ones, without waiting for
-        running batches (the server's grace period is over)."""
+        """Fail every queued or running request with NotReady(`message`) and refuse new ones, without
+        waiting for running batches (the server's grace period is over)."""
         self._stopped = True
-        self._batcher.fail(NotReady(message))
+        self._batcher.fail(NotReady(message), running=True)
 
     async def discard(self) -> None:
         """Release a version out of service: its worker threads are not waited for, and a runtime that

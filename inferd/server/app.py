@@ -134,7 +134,7 @@ class InferdServer:
             access_log=False,
             lifespan="off",
             timeout_keep_alive=30,
-            timeout_graceful_shutdown=int(LISTENER_CLOSE_S),
+            timeout_graceful_shutdown=min(LISTENER_CLOSE_S, max(cfg.shutdown_grace_s, 0.5)),  # type: ignore[arg-type]
             loop="none",
         )
         self._uvicorn = _Uvicorn(uv_config)
@@ -175,7 +175,7 @@ class InferdServer:
             )
             await self.dataplane.abandon(SETTLE_AFTER_GRACE_S)
         if self._grpc is not None:
-            await self._grpc.stop(grace=LISTENER_CLOSE_S)
+            await self._grpc.stop(grace=min(LISTENER_CLOSE_S, max(self.config.shutdown_grace_s, 0.5)))
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._uvicorn_task is not None:

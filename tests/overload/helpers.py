@@ -139,6 +139,15 @@ def in_flight(running: RunningServer, model: str) -> int:
     return running.server.manager.get(model).in_flight
 
 
+def wait_in_flight(running: RunningServer, model: str, n: int) -> None:
+    """Until `n` requests of the model are queued or running."""
+
+    def check() -> None:
+        assert in_flight(running, model) == n
+
+    eventually(check)
+
+
 def index(running: RunningServer) -> dict[str, tuple[str, str]]:
     """`model/version` → (state, reason) from the repository index."""
     return {f"{e.name}/{e.version}": (e.state, e.reason) for e in running.server.manager.index()}
