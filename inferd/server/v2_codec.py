@@ -155,7 +155,7 @@ def _outputs(value: Any, params: dict[str, Any]) -> list[OutputRequest] | None:
     default_binary = params.get("binary_data_output")
     if default_binary is not None and not isinstance(default_binary, bool):
         raise InvalidInput("parameter 'binary_data_output' must be true or false")
-    if value is None:
+    if value is None or value == []:  # none named: all of them (as in gRPC, where an empty list is absence)
         return None
     if not isinstance(value, list):
         raise InvalidInput("'outputs' must be a list")

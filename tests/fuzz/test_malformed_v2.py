@@ -154,7 +154,7 @@ def binary_request(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
         "off": str(len(header) + draw(st.integers(-3, 3))),
         "zero": "0",
         "negative": "-1",
-        "text": draw(st.sampled_from(["ten", "1e3", "", " 5", "0x10", "9" * 40])),
+        "text": draw(st.sampled_from(["ten", "1e3", "", "+5", "0x10", "9" * 40])),
         "huge": str(2**64),
     }
     headers = {"content-type": "application/octet-stream"}
@@ -226,6 +226,15 @@ def test_mutated_json_bodies(http: httpx.Client, request: tuple[str, bytes]) -> 
 def test_random_bytes(http: httpx.Client, body: bytes, header: str | None) -> None:
     headers = {HLEN: header} if header is not None else {}
     assert_v2_answer(http.post("/v2/models/identity_fp32/infer", content=body, headers=headers))
+
+
+def test_empty_outputs_list_means_all_outputs(http: httpx.Client) -> None:
+    """Found by `test_mutated_json_bodies`: `"outputs": []` ran the model for no output and failed (500)."""
+    a = {"name": "a", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+    b = {"name": "b", "datatype": "INT64", "shape": [1, 4], "data": [1, 1, 1, 1]}
+    response = http.post("/v2/models/add_sub/infer", json={"inputs": [a, b], "outputs": []})
+    assert response.status_code == 200, response.text
+    assert {o["name"] for o in response.json()["outputs"]} == {"sum", "diff"}
 
 
 def test_still_serves(fuzz_server: FuzzServer) -> None:

@@ -102,6 +102,25 @@ def _send_partial(server: FuzzServer, path: str, declared: int, sent: bytes) -> 
     return sock
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 response with a Content-Length body."""
+    data = b""
+    while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length and (chunk := sock.recv(65536)):
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def _server_errors(server: FuzzServer) -> float:
     """Requests the server counted with a 5xx code."""
     text = httpx.get(server.base + "/metrics", headers=server.headers("admin"), timeout=30).text
@@ -151,7 +170,7 @@ def test_slow_clients_do_not_block_others(fuzz_server: FuzzServer) -> None:
             if done.wait(0.002):
                 break
             trickler.sendall(body[i : i + 1])
-        answers.append(trickler.recv(65536))
+        answers.append(_read_response(trickler))
 
     thread = threading.Thread(target=trickle, daemon=True)
     thread.start()
