@@ -248,7 +248,7 @@ class OpenAIHttp:
             pieces = [parsed.texts[i : i + chunk] for i in range(0, len(parsed.texts), chunk)]
             demand = Demand(prompt_tokens=len(parsed.texts) * signature.tokens_per_row, inferences=1)
             recorded = True  # from here on the gateway records the call
-            responses = await self.gateway.infer_many(
+            call = self.gateway.infer_many(
                 ctx,
                 model,
                 loaded.version,
@@ -257,6 +257,7 @@ class OpenAIHttp:
                 lambda rs: Consumed(prompt_tokens=_embedding_tokens(rs), inferences=1),
                 self.gateway.workflow(ctx, parsed.user),
             )
+            responses = await unless_disconnected(request, call)
         except Exception as exc:
             if not recorded:
                 self.gateway.record(ctx, model, "", exc, start)
