@@ -3,7 +3,8 @@
 Deadlines: a request whose deadline passed is refused before it is queued, and one still waiting for its
 first token when the deadline passes is aborted (the engine frees it) and fails naming that stage. A crash of
 the engine loop fails the waiting requests (the engine's `ExecutionFailed`) and takes the version out of
-service: `on_fault` tells the model manager, which reports it unready with the reason.
+service: `on_fault` tells the model manager, which reports it unready with the reason. So does a hang: with
+`execution_timeout_s`, a watchdog fails the open requests of an engine whose step runs past it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -19,7 +21,7 @@ from inferd.engine.async_engine import AsyncLLMEngine, RequestStream
 from inferd.engine.chat_template import ChatTemplate
 from inferd.engine.outputs import SchedulerStats
 from inferd.engine.tokenizer import Tokenizer
-from inferd.errors import ExecutionFailed, InvalidInput, NotReady
+from inferd.errors import ExecutionFailed, ExecutionTimeout, InvalidInput, NotReady
 from inferd.generation import GenerateRequest, GenerationChunk, GenerationStream
 from inferd.metrics.registry import Metrics
 from inferd.qos import Deadline
@@ -45,6 +47,7 @@ class LLMVersion:
         *,
         default_timeout_s: float | None = None,
         max_concurrent_requests: int = 0,
+        execution_timeout_s: float = 0.0,
         on_failure: str = "reload",
         max_reloads: int = 3,
     ) -> None:
@@ -70,6 +73,10 @@ class LLMVersion:
         """Why the version is out of service (None while it serves)."""
         self.drain_rate = DrainRate()
         """Requests completed per second, for Retry-After."""
+        self.execution_timeout_s = execution_timeout_s
+        self._open: set[RequestStream] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._hung = False
         metrics.model_ready.labels(name, version).set(1)
 
     def attach(self, engine: AsyncLLMEngine) -> None:
@@ -122,6 +129,7 @@ class LLMVersion:
             self.check_engine()
             raise
         self._metrics.request_queue_time.labels(*self._labels).observe(time.monotonic() - start)
+        self._open.add(stream)
         return _MeteredStream(stream, self, deadline)
 
     def retry_after_s(self, ahead: int) -> float:
@@ -141,6 +149,26 @@ class LLMVersion:
                 loop.call_soon_threadsafe(self.report_fault, reason)
 
         self.engine.on_failure = crashed
+        if self.execution_timeout_s > 0:
+            self._watchdog = loop.create_task(self._watch_steps(self.execution_timeout_s))
+
+    async def _watch_steps(self, limit: float) -> None:
+        """Take the version out of service when an engine step runs past `limit` seconds (a hung device or
+        kernel): its open requests fail now instead of waiting for ever."""
+        period = min(max(limit / 4, 0.01), 1.0)
+        while self.fault is None:
+            await asyncio.sleep(period)
+            engine = self._engine
+            if engine is None or engine.step_seconds <= limit:
+                continue
+            self._hung = True
+            reason = f"an engine step ran past execution_timeout_s ({limit:g} s)"
+            error = ExecutionTimeout(
+                f"model {self.name!r} version {self.version}: {reason}; the version is out of service"
+            )
+            for stream in list(self._open):
+                stream.post(error)
+            self.report_fault(reason)
 
     def check_engine(self) -> None:
         """Report the version out of service if its engine loop crashed."""
@@ -158,8 +186,18 @@ class LLMVersion:
             self.on_fault(self, reason)
 
     async def discard(self) -> None:
-        """Release a version out of service."""
+        """Release a version out of service (a hung engine thread is not waited for)."""
+        if self._hung and self._engine is not None:
+            self._stop_watchdog()
+            threading.Thread(target=self._engine.close, name=f"close-{self.name}", daemon=True).start()
+            self._metrics.forget_version(*self._labels)
+            return
         await self.close()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def on_step(self, stats: SchedulerStats) -> None:
         """After each engine step (engine thread): gauges and cumulative counters."""
@@ -177,6 +215,7 @@ class LLMVersion:
         self._last = stats
 
     async def close(self) -> None:
+        self._stop_watchdog()
         if self._engine is not None:
             await asyncio.to_thread(self._engine.close)
         self._metrics.forget_version(*self._labels)
@@ -237,6 +276,8 @@ class _MeteredStream:
         except ExecutionFailed:
             self._version.check_engine()
             raise
+        finally:
+            self._version._open.discard(self._inner)
         elapsed = time.monotonic() - arrival
         m.e2e_request_latency.labels(*labels).observe(elapsed)
         m.prompt_tokens.labels(*labels).inc(len(self.prompt_token_ids))
@@ -244,4 +285,5 @@ class _MeteredStream:
         self._version.drain_rate.record(1, elapsed, (engine.num_open_streams if engine else 0) + 1)
 
     async def aclose(self) -> None:
+        self._version._open.discard(self._inner)
         await self._inner.aclose()

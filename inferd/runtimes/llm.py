@@ -68,14 +68,24 @@ class LLMModelConfig:
     max_concurrent_requests: int = 0
     """Requests of this model in flight at once; beyond it requests are refused at once with 429 (0 = no
     cap)."""
+    execution_timeout_s: float = 0.0
+    """Longest one engine step may run: past it the engine counts as hung, its requests fail and the version
+    is taken out of service like after a crash (0 = no limit)."""
     on_failure: FailurePolicy = "reload"
-    """After a crash of the engine loop: `reload` the model (at most `max_reloads` times) or `stay_down`."""
+    """After a crash or hang of the engine loop: `reload` the model (at most `max_reloads` times) or
+    `stay_down`."""
     max_reloads: int = 3
     """Reloads `on_failure: reload` attempts before the model stays down."""
 
     def __post_init__(self) -> None:
-        if self.default_timeout_ms < 0 or self.max_concurrent_requests < 0 or self.max_reloads < 0:
-            raise ValueError("default_timeout_ms, max_concurrent_requests and max_reloads must be >= 0")
+        limits = (
+            self.default_timeout_ms,
+            self.execution_timeout_s,
+            self.max_concurrent_requests,
+            self.max_reloads,
+        )
+        if min(limits) < 0:
+            raise ValueError("timeouts, max_concurrent_requests and max_reloads must be >= 0")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError("max_model_len must be >= 2")
         if self.max_num_seqs < 1 or self.block_size < 1:
@@ -153,6 +163,7 @@ def load_llm_version(
         name, version, sha256, tokenizer, template, built[0].config.scheduler.max_model_len, metrics,
         default_timeout_s=config.default_timeout_ms / 1000.0 or None,
         max_concurrent_requests=config.max_concurrent_requests,
+        execution_timeout_s=config.execution_timeout_s,
         on_failure=config.on_failure,
         max_reloads=config.max_reloads,
     )  # fmt: skip

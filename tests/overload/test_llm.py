@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,11 @@ def llm_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_tokenizer(first)
     common = "runtime: llm\nmax_model_len: 4096\nkv_cache_memory: 8000000\n"
     (root / "llm" / "config.yaml").write_text(common + "max_num_seqs: 1\n")
-    for name, extra in (("capped", "max_concurrent_requests: 1\n"), ("crashy", "on_failure: stay_down\n")):
+    for name, extra in (
+        ("capped", "max_concurrent_requests: 1\n"),
+        ("crashy", "on_failure: stay_down\n"),
+        ("hangy", "on_failure: stay_down\nexecution_timeout_s: 0.3\n"),
+    ):
         shutil.copytree(first, root / name / "1")
         (root / name / "config.yaml").write_text(common + "max_num_seqs: 4\n" + extra)
     return root
@@ -169,6 +174,37 @@ def test_a_crash_of_the_engine_loop_is_reported(served: RunningServer) -> None:
     assert httpx.post(f"{base}/v2/repository/models/crashy/load", timeout=60).status_code == 200
     again = httpx.post(f"{base}/v1/completions", json={"model": "crashy", "prompt": "ka", "max_tokens": 2})
     assert again.status_code == 200
+
+
+def test_a_hung_engine_step_fails_its_requests_and_is_reported(served: RunningServer) -> None:
+    base = f"http://{served.http_url}"
+    core = served.server.manager.get_llm("hangy").engine.engine
+    unblock = threading.Event()
+    step = core.step
+
+    def hang() -> list[RequestUpdate]:
+        unblock.wait(60)
+        return step()
+
+    core.step = hang  # type: ignore[method-assign]
+    try:
+        r = httpx.post(
+            f"{base}/v1/completions", json={"model": "hangy", "prompt": "ka", "max_tokens": 2}, timeout=60
+        )
+        assert r.status_code == 500
+        assert "an engine step ran past execution_timeout_s (0.3 s)" in r.json()["error"]["message"]
+        entries = {e.name: e for e in served.server.manager.index()}
+        assert entries["hangy"].state == "UNAVAILABLE" and "execution_timeout_s" in entries["hangy"].reason
+        assert httpx.post(
+            f"{base}/v1/completions", json={"model": "capped", "prompt": "ka", "max_tokens": 2}
+        ).is_success
+    finally:
+        unblock.set()
+    assert httpx.post(f"{base}/v2/repository/models/hangy/load", timeout=60).status_code == 200
+    ok = httpx.post(
+        f"{base}/v1/completions", json={"model": "hangy", "prompt": "ka", "max_tokens": 2}, timeout=60
+    )
+    assert ok.status_code == 200
 
 
 def _open_streams_are(running: RunningServer, model: str, n: int) -> None:
