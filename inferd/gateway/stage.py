@@ -189,12 +189,14 @@ class Gateway:
     # -- quality of service --------------------------------------------------------------------------
 
     def qos(self, ctx: CallContext, model_default_s: float | None, timeout_s: float | None = None) -> QoS:
-        """The call's tier and deadline: `timeout_s` (the request's own, e.g. V2 `timeout`) and the
-        `x-inferd-timeout-ms` header, the shorter one, else the model's default. InvalidInput for a
-        malformed header."""
+        """The call's tier (the `x-inferd-priority` header, at most the key's tier) and deadline: the
+        shorter of `timeout_s` (the request's own, e.g. V2 `timeout`) and the `x-inferd-timeout-ms` header,
+        else the model's default. InvalidInput for a malformed header."""
         headers = ctx.headers
         raw = headers.get(PRIORITY_HEADER)
-        tier = parse_tier(raw) if raw else self._key_tier(ctx)
+        key_tier = self._key_tier(ctx)
+        # The key's tier is a ceiling: a batch-tier key may not ask for interactive service.
+        tier = parse_tier(raw) if raw and key_tier == "interactive" else key_tier
         raw = headers.get(TIMEOUT_HEADER)
         if raw:
             header_s = parse_timeout_ms(raw)

@@ -71,7 +71,7 @@ def test_interactive_requests_overtake_queued_batch_requests(gated: tuple[Runnin
     assert runtime.executed == [0.0, 3.0, 4.0, 1.0, 2.0]
 
 
-def test_a_key_default_tier_and_the_header_overriding_it(tmp_path: Path) -> None:
+def test_a_key_tier_is_the_default_and_the_ceiling_of_the_header(tmp_path: Path) -> None:
     repo = Repo(tmp_path / "repo")
     repo.add_steered("m", ONE_AT_A_TIME, one_row)
     for running in serve(repo, tmp_path / "state", auth=True):
@@ -100,12 +100,17 @@ def test_a_key_default_tier_and_the_header_overriding_it(tmp_path: Path) -> None
                 wait_in_flight(running, "m", 2)
                 calls.append(pool.submit(client.post, url, json=v2_body(2.0), headers=plain_key))
                 wait_in_flight(running, "m", 3)
-                override = {**batch_key, "x-inferd-priority": "interactive"}
-                calls.append(pool.submit(client.post, url, json=v2_body(3.0), headers=override))
+                # The key's tier is a ceiling: a batch key asking for interactive stays batch ...
+                upgrade = {**batch_key, "x-inferd-priority": "interactive"}
+                calls.append(pool.submit(client.post, url, json=v2_body(3.0), headers=upgrade))
                 wait_in_flight(running, "m", 4)
+                # ... while an interactive key may choose the batch tier.
+                downgrade = {**plain_key, "x-inferd-priority": "batch"}
+                calls.append(pool.submit(client.post, url, json=v2_body(4.0), headers=downgrade))
+                wait_in_flight(running, "m", 5)
                 runtime.gate.set()
-                assert [c.result(60).status_code for c in calls] == [200] * 4
-            assert runtime.executed == [0.0, 2.0, 3.0, 1.0]
+                assert [c.result(60).status_code for c in calls] == [200] * 5
+            assert runtime.executed == [0.0, 2.0, 1.0, 3.0, 4.0]
             # A patch changes the tier; listings show it.
             key_id = made.json()["key_id"]
             patched = client.patch(
