@@ -8,6 +8,7 @@ model. Two principals call it: the bootstrap admin key and a user key of the ten
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,15 @@ SPARE_TENANT = openapi.TENANT
 """A tenant the admin fuzzing may change freely (the schema's admin examples name it)."""
 LIMIT = 1 << 20
 """The server's max_request_bytes."""
+SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
+"""Multiplies every fuzz test's example count (`FUZZ_SCALE=20` for a long local run)."""
+
+
+def examples(n: int) -> int:
+    """`n` examples, scaled by FUZZ_SCALE."""
+    return max(1, round(n * SCALE))
+
+
 BATCHED = "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_ms: 1\n"
 
 

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from inferd.server.openapi import DATATYPES
-from tests.fuzz.conftest import FuzzServer
+from tests.fuzz.conftest import FuzzServer, examples
 from tests.fuzz.helpers import assert_grpc_refusal, assert_serves, grpc_metadata
 
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MODELS = ["identity_fp32", "identity_int64", "identity_bytes", "add_sub", "versioned", "nope", ""]
 NAMES = ["input", "a", "b", "text", "x", ""]
 CONTENT_FIELDS = {

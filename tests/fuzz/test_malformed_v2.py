@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inferd.server.openapi import DATATYPES
-from tests.fuzz.conftest import FuzzServer
+from tests.fuzz.conftest import FuzzServer, examples
 from tests.fuzz.helpers import GOOD_V2, assert_serves, assert_v2_answer
 
 HLEN = "Inference-Header-Content-Length"
@@ -28,7 +28,7 @@ MODELS = ["identity_fp32", "identity_int64", "identity_bytes", "add_sub", "versi
 ITEMSIZE = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4}
 ITEMSIZE |= {"INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}
 FUZZ = settings(
-    max_examples=120,
+    max_examples=examples(120),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -9,6 +9,7 @@ content type).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import httpx
@@ -19,13 +20,13 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from inferd.server import openapi
-from tests.fuzz.conftest import FuzzServer
+from tests.fuzz.conftest import FuzzServer, examples
 
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = examples(12)
 """Generated cases per operation in the fuzzing phase, for each principal (the examples phase adds the
 document's examples; the coverage phase, run once, its boundary cases)."""
-SEED = 20240601
-"""Fixed, so a run is reproducible; change it locally to explore further."""
+SEED = int(os.environ.get("FUZZ_SEED", "20240601"))
+"""Fixed, so a run is reproducible; set FUZZ_SEED to explore further."""
 
 
 def _schema(**config: Any) -> Any:
@@ -43,13 +44,16 @@ NO_COVERAGE = _schema(phases={"coverage": {"enabled": False}})
 # server fault (the schema check still holds it to the documented shape).
 READINESS = {"v2Ready", "v2ModelReady", "v2VersionReady"}
 
-# Server faults found by this test whose fix lies outside the transports, tolerated until fixed; each has a
-# strict xfail below that fails once it is fixed, as the reminder to drop its entry here.
-# gateway/admin.py passes integers of 2**63 and more, and costs whose micro-units are that large, to SQLite
-# unchecked: 500 OverflowError.
-KNOWN_BUGS = {
-    op: "internal error: OverflowError"
-    for op in ("adminPutTenant", "adminCreateKey", "adminSetBudget", "adminSetPrice", "adminUpdateKey")
+# Server faults found by this test whose fix lies outside the transports, tolerated until fixed (message
+# fragment of the 500 -> the operations it may come from, None: any); each has a strict xfail below that
+# fails once it is fixed, as the reminder to drop its entry here.
+KNOWN_BUGS: dict[str, set[str] | None] = {
+    # gateway/admin.py passes integers of 2**63 and more, and costs whose micro-units are that large, to
+    # SQLite unchecked.
+    "internal error: OverflowError": {"adminPutTenant", "adminCreateKey", "adminSetBudget", "adminSetPrice"},
+    # repository/manager.py `exists`: a model name longer than the file system allows (255 bytes) makes
+    # `Path.is_dir` raise OSError (ENAMETOOLONG), wherever a model is named (path or body).
+    "internal error: OSError": None,
 }
 
 
@@ -63,9 +67,10 @@ def no_server_error(ctx: Any, response: Any, case: Any) -> bool | None:
     if op in READINESS and response.status_code == 503:
         assert response.json()["ready"] is False, response.text
         return None
-    known = KNOWN_BUGS.get(op)
-    if known is not None and response.status_code == 500 and known in response.text:
-        return None
+    if response.status_code == 500:
+        for fragment, ops in KNOWN_BUGS.items():
+            if fragment in response.text and (ops is None or op in ops):
+                return None
     return not_a_server_error(ctx, response, case)
 
 
@@ -93,7 +98,7 @@ def test_api_as_admin(case: Any, fuzz_server: FuzzServer) -> None:
 
 
 @NO_COVERAGE.parametrize()
-@_settings(3)
+@_settings(examples(3))
 def test_api_with_an_unknown_key(case: Any, fuzz_server: FuzzServer) -> None:
     _call(case, fuzz_server, "nobody")
 
@@ -104,7 +109,6 @@ def test_api_with_an_unknown_key(case: Any, fuzz_server: FuzzServer) -> None:
     [
         ("PUT", "/tenants/fuzz-big", {"rpm": 2**63}),
         ("POST", "/keys", {"tenant": openapi.TENANT, "tpm": 2**63}),
-        ("PATCH", "/keys/{key_id}", {"expires_at": 1e300}),
         ("PUT", "/budgets", {"tenant": openapi.TENANT, "max_cost": 1e300}),
         ("PUT", "/prices", {"model": "fuzz-big", "per_inference": 1e300}),
     ],
@@ -115,11 +119,8 @@ def test_admin_numbers_past_64_bits_are_refused(
     with httpx.Client(
         base_url=fuzz_server.base + "/admin/v1", headers=fuzz_server.headers("admin"), timeout=30
     ) as admin:
-        if "{key_id}" in path:
-            created = admin.post("/keys", json={"tenant": openapi.TENANT})
-            path = path.format(key_id=created.json()["key_id"])
         response = admin.request(method, path, json=body)
-    assert response.status_code == 400, response.text
+    assert 400 <= response.status_code < 500, response.text
 
 
 @pytest.mark.parametrize(
@@ -148,6 +149,27 @@ def test_unrouted_requests_answer_in_their_api_error_shape(
     else:
         assert set(error) == {"message", "type", "param", "code"}, error
         assert error["message"].startswith(f"{method} /"), error
+
+
+@pytest.mark.xfail(strict=True, reason="repository/manager.py: OSError on too long model names (KNOWN_BUGS)")
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v2/models/{long}", None),
+        ("POST", "/v2/models/{long}/infer", {"inputs": []}),
+        ("POST", "/v1/completions", {"model": "{long}", "prompt": "ka"}),
+        ("POST", "/v1/embeddings", {"model": "{long}", "input": "ka"}),
+    ],
+)
+def test_too_long_model_names_are_unknown_models(
+    fuzz_server: FuzzServer, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    long = "m" * 300
+    if body is not None and "model" in body:
+        body = {**body, "model": long}
+    with httpx.Client(base_url=fuzz_server.base, headers=fuzz_server.headers("admin"), timeout=30) as http:
+        response = http.request(method, path.format(long=long), json=body)
+    assert response.status_code == 404, response.text
 
 
 def test_openapi_document_is_served_without_auth(fuzz_server: FuzzServer) -> None:

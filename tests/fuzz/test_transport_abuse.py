@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fuzz.conftest import LIMIT, FuzzServer
+from tests.fuzz.conftest import LIMIT, FuzzServer, examples
 from tests.fuzz.helpers import GOOD_V2, assert_openai_answer, assert_serves, assert_v2_answer
 
 INFER = "/v2/models/identity_fp32/infer"
@@ -78,7 +78,9 @@ def test_compression_bomb(
     assert _status_and_error(response)[0] == 413
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     encoding=st.sampled_from(["gzip", "deflate", "br", "x-gzip", "GZIP", "identity", "gzip, gzip", ""]),
     body=st.binary(max_size=128) | st.builds(gzip.compress, st.binary(max_size=128)),
