@@ -100,6 +100,7 @@ class WaitingQueue:
         """tier → tenant → that tenant's waiting requests of that tier."""
         self._tier_of: dict[str, int] = {}
         self._num_tokens = 0
+        self._num_single_token = 0
         self._per_tenant: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -118,6 +119,16 @@ class WaitingQueue:
         """Tokens the waiting requests have to compute (prompts, and outputs of preempted requests)."""
         return self._num_tokens
 
+    @property
+    def num_single_token(self) -> int:
+        """Waiting requests with a single token to compute (1-token prompts): they start like a decode."""
+        return self._num_single_token
+
+    @property
+    def num_tenants(self) -> int:
+        """Tenants with waiting requests."""
+        return len(self._per_tenant)
+
     def has_tenant(self, tenant: str) -> bool:
         return tenant in self._per_tenant
 
@@ -129,6 +140,7 @@ class WaitingQueue:
         lane.add(request)
         self._tier_of[request.request_id] = request.priority
         self._num_tokens += request.num_tokens
+        self._num_single_token += request.num_tokens == 1
         self._per_tenant[request.tenant] = self._per_tenant.get(request.tenant, 0) + 1
 
     def remove(self, request: EngineRequest) -> None:
@@ -141,24 +153,26 @@ class WaitingQueue:
             if not tenants:
                 del self._lanes[tier]
         self._num_tokens -= request.num_tokens
+        self._num_single_token -= request.num_tokens == 1
         left = self._per_tenant[request.tenant] - 1
         if left:
             self._per_tenant[request.tenant] = left
         else:
             del self._per_tenant[request.tenant]
 
-    def fair_order(self, counter: Callable[[str], float]) -> Iterator[EngineRequest]:
+    def fair_order(self, rank: Callable[[str], tuple[float, ...]]) -> Iterator[EngineRequest]:
         """The order to admit in: every request of a more important tier first; within a tier, next the head
-        of the tenant whose `counter` is lowest, asked again before each request (admitting one charges its
-        tenant), ties to the head first in policy order. Iterates over a snapshot: the caller may remove the
-        request just yielded or add requests, which this pass then does not see."""
+        of the tenant of lowest `rank` (its service counter, then its load), asked again before each request
+        (admitting one charges its tenant), ties to the head first in policy order. Iterates over a
+        snapshot: the caller may remove the request just yielded or add requests, which this pass then does
+        not see."""
         for tier in sorted(self._lanes):
             lanes = {tenant: list(lane) for tenant, lane in self._lanes[tier].items()}
             heads = dict.fromkeys(lanes, 0)
             while heads:
                 tenant = min(
                     heads,
-                    key=lambda t: (counter(t), self._policy.sort_key(lanes[t][heads[t]]), t),
+                    key=lambda t: (rank(t), self._policy.sort_key(lanes[t][heads[t]]), t),
                 )
                 i = heads[tenant]
                 if i + 1 < len(lanes[tenant]):

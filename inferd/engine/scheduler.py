@@ -254,7 +254,9 @@ class Scheduler:
             self._expire(now)
         order = sorted(self._running, key=self.policy.sort_key)
         decodes_left = sum(1 for r in order if r.num_tokens - r.num_computed_tokens <= 1)
-        contended = decodes_left > 0 or len(self._waiting) > 0
+        # 1-token prompts start like decodes: as many as there are free slots get room too.
+        starters = min(self._waiting.num_single_token, max(0, self.config.max_num_seqs - len(order)))
+        contended = decodes_left + starters > 0
         budget = self.config.max_num_batched_tokens
         plan = _Plan(budget, self.config.prefill_token_budget if contended else budget)
 
@@ -268,7 +270,7 @@ class Scheduler:
                 decodes_left -= 1
                 reserve = 0
             else:  # a prompt chunk leaves room for the decodes after it
-                reserve = decodes_left
+                reserve = decodes_left + starters
             n, is_prefill = self._num_new_tokens(request, start, plan, reserve)
             if n == 0:
                 continue
@@ -281,25 +283,40 @@ class Scheduler:
         # Admitting while blocks are short would only preempt again next step.
         if not plan.preempted:
             self._admit(plan)
+        self._backlogged = len(self._waiting) > 0
         for rid, (request, _, _) in plan.continuing.items():
             self.fair_share.charge(request, request.num_computed_tokens, plan.num_scheduled[rid])
         return self._build_output(plan)
 
     def _admit(self, plan: _Plan) -> None:
-        kv = self.kv_cache
-        for request in self._waiting.fair_order(self.fair_share.counter):
+        kv, fair = self.kv_cache, self.fair_share
+        load = Counter(r.tenant for r in self._running)
+        no_slot: set[str] = set()  # tenants whose head found no slot and could not make one; others may
+        for request in self._waiting.fair_order(lambda t: (fair.counter(t), load[t] / fair.weight(t))):
             if plan.budget == 0:
                 break
+            if request.tenant in no_slot:
+                continue
             hit = self._starting_blocks(request)
             if hit is None:  # waits for a sibling sample to compute the shared prompt
                 continue
             n, is_prefill = self._num_new_tokens(request, hit.num_tokens, plan)
-            if n == 0:
-                break
-            needed = kv.blocks_needed(request, n, hit)
-            if len(self._running) >= self.config.max_num_seqs or needed > kv.num_free_blocks:
-                if not self._make_room(request, plan, needed):
+            if n == 0:  # the prefill budget is spent; a 1-token prompt behind may still start
+                if not self._waiting.num_single_token:
                     break
+                continue
+            needed = kv.blocks_needed(request, n, hit)
+            slot_free = len(self._running) < self.config.max_num_seqs
+            if not slot_free or needed > kv.num_free_blocks:
+                if not self._make_room(request, plan, needed):
+                    if slot_free:  # short of blocks: wait for them, so a large request is not starved
+                        break
+                    no_slot.add(request.tenant)
+                    if len(no_slot) >= self._waiting.num_tenants:
+                        break
+                    continue
+                load.clear()
+                load.update(r.tenant for r in self._running)
                 hit = self._starting_blocks(request)  # the victims' blocks may have held part of it
                 if hit is None:
                     break
@@ -316,6 +333,7 @@ class Scheduler:
                 request.first_scheduled_time = self._clock()
             plan.take(request, n, is_prefill)
             plan.starting.append(request)
+            load[request.tenant] += 1
             # Charge now, so that the next pick of the fair order sees this tenant's new counter.
             self.fair_share.charge(request, request.num_computed_tokens, n)
 
@@ -464,12 +482,12 @@ class Scheduler:
         self._drained = (requests + 1, tokens + request.num_tokens)
 
     def _measure_drain(self, now: float) -> None:
-        """Record what left the waiting queue since the last step, if it was not empty meanwhile."""
+        """Record what left the waiting queue since the last step, if requests waited meanwhile (an idle
+        engine's time says nothing about its speed)."""
         if self._last_schedule is not None and self._backlogged:
             self.drain_rate.record(now - self._last_schedule, *self._drained)
         self._drained = (0, 0)
         self._last_schedule = now
-        self._backlogged = len(self._waiting) > 0
 
     def _expire(self, now: float) -> None:
         for request in list(self._requests.values()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from inferd.engine import (
     SchedulerStats,
 )
 from inferd.engine.async_engine import AsyncLLMEngine
-from inferd.errors import ExecutionFailed, NotReady
+from inferd.errors import DeadlineExceeded, ExecutionFailed, NotReady, QueueFull
 from tests.engine.fakes import FakeRunner
 from tests.engine.helpers import BS, make_scheduler
 from tests.engine.test_detokenizer import tokenizer
@@ -29,6 +30,9 @@ class FakeEngine:
     scheduler: Scheduler = field(default_factory=make_scheduler)
     runner: FakeRunner = field(default_factory=lambda: FakeRunner(BS, sampler=lambda rid, toks: 2))
     crash_at_step: int | None = None
+    gate: threading.Event | None = None
+    """When set, each step waits for it after scheduling (a step that hangs until released)."""
+    step_delay: float = 0.0
 
     def add_request(
         self,
@@ -39,7 +43,9 @@ class FakeEngine:
         priority: int = 0,
         cache_salt: str | None = None,
     ) -> list[str]:
-        request = EngineRequest(request_id, tuple(prompt_token_ids), sampling_params)
+        request = EngineRequest(
+            request_id, tuple(prompt_token_ids), sampling_params, priority=priority, cache_salt=cache_salt
+        )
         return [s.request_id for s in self.scheduler.add_request(request)]
 
     def abort_requests(self, request_ids: Sequence[str]) -> None:
@@ -52,6 +58,9 @@ class FakeEngine:
         if self.crash_at_step is not None and self.runner.steps >= self.crash_at_step:
             raise RuntimeError("boom")
         output = self.scheduler.schedule()
+        if self.gate is not None:
+            self.gate.wait(10)
+        time.sleep(self.step_delay)
         return self.scheduler.update_from_output(output, self.runner.execute(output))
 
     def stats(self) -> SchedulerStats:
@@ -125,3 +134,80 @@ def test_a_failing_build_is_raised_and_leaves_no_thread() -> None:
     with pytest.raises(RuntimeError, match="no weights"):
         AsyncLLMEngine(None, tokenizer(), build=build)
     assert threading.active_count() == before
+
+
+async def test_tenant_priority_and_deadline_reach_the_scheduler() -> None:
+    core = FakeEngine(gate=threading.Event())
+    engine = AsyncLLMEngine(core, tokenizer())
+    try:
+        stream = await engine.generate(
+            [3, 4], SamplingParams(max_tokens=2), tenant="acme", priority=1, deadline=time.monotonic() + 60
+        )
+        request = core.scheduler.get_request(stream.request_id)
+        assert request is not None
+        assert (request.tenant, request.priority) == ("acme", 1) and request.deadline is not None
+        core.gate.set()  # type: ignore[union-attr]
+        assert len([c async for c in stream]) == 2
+    finally:
+        core.gate.set()  # type: ignore[union-attr]
+        await asyncio.to_thread(engine.close)
+
+
+async def test_a_full_queue_refuses_at_once_while_the_engine_is_busy() -> None:
+    gate = threading.Event()
+    core = FakeEngine(make_scheduler(max_num_seqs=1, max_waiting_requests=2), gate=gate)
+    engine = AsyncLLMEngine(core, tokenizer())
+    try:
+        first = await engine.generate([3], SamplingParams(max_tokens=50, ignore_eos=True))
+        await asyncio.sleep(0.05)  # the engine thread is now inside a step, waiting for the gate
+        queued = [
+            asyncio.create_task(engine.generate([3, 4], SamplingParams(max_tokens=2))) for _ in range(2)
+        ]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull) as refused:  # the engine thread is blocked: refused on the event loop
+            await asyncio.wait_for(engine.generate([3, 4], SamplingParams(max_tokens=2)), 5)
+        assert refused.value.retry_after_s > 0
+        assert engine.step_seconds > 0.0
+        gate.set()
+        for task in queued:
+            stream = await task
+            assert len([c async for c in stream]) == 2
+        await first.aclose()
+    finally:
+        gate.set()
+        await asyncio.to_thread(engine.close)
+
+
+async def test_a_request_past_its_deadline_fails_with_deadline_exceeded() -> None:
+    core = FakeEngine(make_scheduler(max_num_seqs=1), step_delay=0.005)
+    engine = AsyncLLMEngine(core, tokenizer())
+    try:
+        hog = await engine.generate([3], SamplingParams(max_tokens=200, ignore_eos=True))
+        late = await engine.generate([3, 4], SamplingParams(max_tokens=2), deadline=time.monotonic() + 0.05)
+        with pytest.raises(DeadlineExceeded, match="before it started"):
+            async for _ in late:
+                pass
+        await hog.aclose()
+        with pytest.raises(DeadlineExceeded):
+            await engine.generate([3], SamplingParams(max_tokens=2), deadline=time.monotonic() - 1)
+    finally:
+        await asyncio.to_thread(engine.close)
+
+
+async def test_a_crash_sets_failure_and_calls_on_failure() -> None:
+    reasons: list[str] = []
+    engine = AsyncLLMEngine(FakeEngine(crash_at_step=1), tokenizer(), on_failure=reasons.append)
+    try:
+        assert engine.failure is None
+        stream = await engine.generate([3, 4], SamplingParams(max_tokens=50))
+        with pytest.raises(ExecutionFailed):
+            async for _ in stream:
+                pass
+        assert engine.failure is not None and "RuntimeError: boom" in engine.failure
+        assert reasons == [engine.failure]
+        # A request posted after the loop ended is answered, not left hanging.
+        engine._error = None  # as if it raced the crash: the inbox is no longer read
+        with pytest.raises(NotReady, match="boom"):
+            await asyncio.wait_for(engine.generate([3], SamplingParams(max_tokens=2)), 2)
+    finally:
+        await asyncio.to_thread(engine.close)

@@ -325,9 +325,10 @@ def test_prefill_share_caps_prefill_tokens_per_step() -> None:
     s = make_scheduler(max_num_batched_tokens=16, max_num_seqs=4, max_prefill_share=0.5)
     s.add_request(make_request("a", 40, max_tokens=3))
     s.add_request(make_request("b", 40, max_tokens=3))
+    s.add_request(make_request("c", 1, max_tokens=9))  # a 1-token prompt starts like a decode
     d = Driver(s)
     out = d.step()
-    assert out.num_scheduled_tokens == {"a": 8}
+    assert out.num_scheduled_tokens == {"a": 8, "c": 1}
     d.run()
     assert all(o.total_num_scheduled_tokens <= 16 for o in d.outputs)
 
