@@ -1,0 +1,260 @@
+"""Overload: what inferd does at 5x its measured capacity, for a tensor model and an LLM.
+
+    .venv/bin/python benchmarks/overload.py [--quick] [--only tensor|llm]
+
+For each model, in one `inferd serve` process (`--no-auth`: the server's own admission, not governance):
+  1. unloaded latency: a closed loop at concurrency 1 (p50/p99);
+  2. capacity: a closed loop at the model's concurrency (requests/s);
+  3. overload: an open loop (Poisson arrivals) at 5x that capacity for 60 s (`--quick`: 15 s).
+Checks (issue 5): zero 5xx; every refusal (429) arrives in <= 50 ms; p99 latency of admitted requests
+<= 3x the unloaded p99; server RSS growth over the overload <= 10%.
+
+Models: `fixedcost`, an ONNX model whose batch costs the same at any batch size (a 1024x1024 matrix product
+driven by the input, ~2 GFLOP per batch: what a GPU kernel at small batch looks like), with dynamic batching
+(max batch 8, queue of 8); and the demo's random-weight Llama (256 hidden, 4 layers) with max_num_seqs 8
+and a waiting queue of 8 requests, 32 prompt / 32 output tokens. The load generator (`inferd.loadgen`) runs
+in this process, on the same 2 cores as the server. Rewrites the `overload` section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+from v2_report import update_results_file
+from v2_servers import WORK, Running, start_inferd
+
+from inferd.loadgen.openai import OpenAIBenchOptions, run_openai_sync
+from inferd.loadgen.profile import ProfileOptions, Sample, StepReport, step_report
+from inferd.loadgen.v2 import V2BenchOptions, run_v2_sync
+
+MULTIPLIER = 5.0
+REFUSAL_BOUND_MS = 50.0
+P99_FACTOR = 3.0
+RSS_GROWTH = 0.10
+
+
+def fixed_cost_model(path: Path, n: int = 1024) -> Path:
+    """y = x + 0 * sum((A + s) @ B), s = 0 * sum(x): one n x n product per batch, whatever its size (the
+    input dependence stops ONNX Runtime from folding it away)."""
+    rng = np.random.default_rng(0)
+    a = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "A")
+    b = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "B")
+    zero = numpy_helper.from_array(np.zeros((), np.float32), "zero")
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["sx"], keepdims=0),
+        helper.make_node("Mul", ["sx", "zero"], ["s"]),
+        helper.make_node("Add", ["A", "s"], ["a2"]),
+        helper.make_node("MatMul", ["a2", "B"], ["p"]),
+        helper.make_node("ReduceSum", ["p"], ["sp"], keepdims=0),
+        helper.make_node("Mul", ["sp", "zero"], ["z"]),
+        helper.make_node("Add", ["x", "z"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fixedcost",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [a, b, zero],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+TENSOR_CONFIG = """runtime: onnx
+max_batch_size: 8
+dynamic_batching:
+  max_queue_delay_ms: 1
+  preferred_batch_sizes: [8]
+  max_queue_size: 8
+instances: 1
+intra_op_threads: 1
+inter_op_threads: 1
+"""
+LLM_CONFIG = """runtime: llm
+dtype: float32
+max_model_len: 256
+max_num_seqs: 8
+max_num_batched_tokens: 512
+max_waiting_requests: 8
+"""
+
+
+@dataclass
+class Case:
+    name: str
+    unloaded: StepReport
+    capacity_rps: float
+    overload: StepReport
+    rss_before_mb: float
+    rss_after_mb: float
+    fivexx: int
+
+    def checks(self) -> list[tuple[str, str, str, bool]]:
+        ref_max = self.overload.refusal_latency.max_ms
+        p99, base = self.overload.admitted_latency.p99_ms, self.unloaded.admitted_latency.p99_ms
+        growth = self.rss_after_mb / self.rss_before_mb - 1
+        return [
+            ("5xx responses", str(self.fivexx), "0", self.fivexx == 0),
+            ("slowest refusal", f"{ref_max:.1f} ms", f"≤ {REFUSAL_BOUND_MS:.0f} ms",
+             self.overload.refused == 0 or ref_max <= REFUSAL_BOUND_MS),
+            ("admitted p99 / unloaded p99", f"{p99 / base:.2f}", f"≤ {P99_FACTOR:.0f}",
+             p99 <= P99_FACTOR * base),
+            ("server RSS growth", f"{growth:+.1%}", f"≤ {RSS_GROWTH:.0%}", growth <= RSS_GROWTH),
+        ]  # fmt: skip
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def fivexx(report: StepReport) -> int:
+    return sum(n for kind, n in report.failed.items() if kind.startswith("http_5"))
+
+
+def run_tensor(server: Running, seconds: float) -> Case:
+    base = V2BenchOptions(url=server.http_url, model="fixedcost", duration_s=10.0, warmup_s=1.0)
+
+    def samples(opts: V2BenchOptions) -> list[Sample]:
+        result = run_v2_sync(opts)
+        return [Sample(s, d, e) for s, d, e in result.samples]
+
+    quiet = samples(_replace(base, concurrency=1, keep_samples=True))
+    unloaded = step_report(0.0, 0.0, base.duration_s, quiet, ProfileOptions())
+    capacity = run_v2_sync(_replace(base, concurrency=32)).stats.throughput_rps
+    print(f"fixedcost: unloaded p99 {unloaded.admitted_latency.p99_ms:.1f} ms, capacity {capacity:.0f} req/s",
+          flush=True)  # fmt: skip
+    rss_before = rss_mb(server.proc.pid)
+    rate = capacity * MULTIPLIER
+    loud = samples(_replace(base, rate=rate, duration_s=seconds, keep_samples=True, check_first=False,
+                            max_connections=1024))  # fmt: skip
+    overload = step_report(MULTIPLIER, rate, seconds, loud, ProfileOptions())
+    return Case("tensor (fixedcost)", unloaded, capacity, overload, rss_before, rss_mb(server.proc.pid),
+                fivexx(overload))  # fmt: skip
+
+
+def run_llm(server: Running, seconds: float) -> Case:
+    base = OpenAIBenchOptions(url=server.http_url, model="random-llama", input_len=32, output_len=32,
+                              num_requests=12, vocab_size=400, warmup_requests=2)  # fmt: skip
+
+    def samples(opts: OpenAIBenchOptions) -> list[Sample]:
+        return [Sample(o.sent, o.done, o.error, o.ttft) for o in run_openai_sync(opts).outcomes]
+
+    quiet = run_openai_sync(_replace(base, concurrency=1))
+    quiet_samples = [Sample(o.sent, o.done, o.error, o.ttft) for o in quiet.outcomes]
+    unloaded = step_report(0.0, 0.0, quiet.elapsed_s, quiet_samples, ProfileOptions())
+    capacity = run_openai_sync(_replace(base, concurrency=8, num_requests=48)).request_rate
+    p99 = unloaded.admitted_latency.p99_ms
+    print(f"random-llama: unloaded p99 {p99:.1f} ms, capacity {capacity:.1f} req/s", flush=True)
+    rss_before = rss_mb(server.proc.pid)
+    rate = capacity * MULTIPLIER
+    count = max(1, round(rate * seconds))
+    loud = samples(_replace(base, rate=rate, num_requests=count, warmup_requests=0, seed=7))
+    overload = step_report(MULTIPLIER, rate, seconds, loud, ProfileOptions())
+    return Case("LLM (random-llama)", unloaded, capacity, overload, rss_before, rss_mb(server.proc.pid),
+                fivexx(overload))  # fmt: skip
+
+
+def _replace(opts: Any, **changes: Any) -> Any:
+    return dataclasses.replace(opts, **changes)
+
+
+def report(cases: list[Case], args: argparse.Namespace, wall_s: float) -> str:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = "python benchmarks/overload.py" + (" --quick" if args.quick else "")
+    lines = [
+        f"## Overload: {MULTIPLIER:g}x measured capacity",
+        "",
+        f"Command: `{cmd}`, {now}, wall time {wall_s:.0f} s. Machine: {os.cpu_count()} CPUs shared by client "
+        f"and server; Python {platform.python_version()}. Overload lasts {args.seconds:.0f} s per model.",
+        "",
+        "| model | unloaded p50 / p99 ms | capacity req/s | offered req/s | sent | admitted | refused | "
+        "admitted p50 / p99 ms | refusal p50 / max ms | other errors | RSS MB before → after |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---|---|",
+    ]
+    for c in cases:
+        o, u = c.overload, c.unloaded
+        failed = ", ".join(f"{k} {n}" for k, n in o.failed.items()) or "-"
+        lines.append(
+            f"| {c.name} | {u.admitted_latency.p50_ms:.1f} / {u.admitted_latency.p99_ms:.1f} | "
+            f"{c.capacity_rps:.1f} | {o.offered_rps:.1f} | {o.sent} | {o.admitted} | {o.refused} | "
+            f"{o.admitted_latency.p50_ms:.1f} / {o.admitted_latency.p99_ms:.1f} | "
+            f"{o.refusal_latency.p50_ms:.1f} / {o.refusal_latency.max_ms:.1f} | {failed} | "
+            f"{c.rss_before_mb:.0f} → {c.rss_after_mb:.0f} |"
+        )
+    lines += ["", "| model | check | measured | target | met |", "|---|---|---|---|---|"]
+    for c in cases:
+        for check, measured, target, ok in c.checks():
+            lines.append(f"| {c.name} | {check} | {measured} | {target} | {'yes' if ok else 'no'} |")
+    lines += [
+        "",
+        "Sent counts what the client managed to send: on 2 shared cores a Python client may fall short of "
+        "the offered rate; the admitted and refused counts are what the server answered. Latencies are "
+        "measured by the client from each request's scheduled send time.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="15 s of overload instead of 60")
+    parser.add_argument("--only", choices=["tensor", "llm"], default=None)
+    parser.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    args.seconds = 15.0 if args.quick else 60.0
+    started = time.monotonic()
+    work = WORK / "overload"
+    if work.exists():
+        shutil.rmtree(work)
+    repo = work / "repo"
+    fixed_cost_model(repo / "fixedcost" / "1" / "model.onnx")
+    (repo / "fixedcost" / "config.yaml").write_text(TENSOR_CONFIG)
+    if args.only != "tensor":
+        from inferd.demo_llm import build_random_llama
+
+        build_random_llama(repo / "random-llama" / "1")
+        (repo / "random-llama" / "config.yaml").write_text(LLM_CONFIG)
+    cases: list[Case] = []
+    server = start_inferd(repo, work / "state", work / "server.log")
+    try:
+        if args.only != "llm":
+            cases.append(run_tensor(server, args.seconds))
+        if args.only != "tensor":
+            cases.append(run_llm(server, args.seconds))
+    finally:
+        server.stop()
+    section = report(cases, args, time.monotonic() - started)
+    print()
+    print(section)
+    print(json.dumps([c.overload.to_dict() for c in cases], allow_nan=True)[:2000])
+    if not args.no_write:
+        update_results_file(section, name="overload")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
