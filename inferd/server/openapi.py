@@ -482,10 +482,7 @@ def _error_responses() -> dict[str, Schema]:
             if code == 401:
                 headers["www-authenticate"] = {"schema": {"const": "Bearer"}}
             if code == 429:
-                headers["retry-after"] = {
-                    "description": "Seconds to wait (retryable refusals).",
-                    "schema": _STR,
-                }
+                headers["retry-after"] = {"description": "Seconds to wait (when retryable).", "schema": _STR}
             schema = _ref(f"{family}Error")
             responses[f"{family}Error{code}"] = {"description": text, "headers": headers, **_json(schema)}
     return responses
@@ -526,20 +523,15 @@ _HEADER_LENGTH = _param(
     "Inference-Header-Content-Length", "header", _int(1), "Length of the JSON header of a binary body."
 )
 _CALL_HEADERS = [
-    _param(
-        "x-request-id", "header", _STR, "The request's id (kept when printable and at most 128 characters)."
-    ),
-    _param(
-        "x-inferd-workflow", "header", _STR, "The workflow the call is accounted to (budgets per workflow)."
-    ),
-    _param(
-        "idempotency-key", "header", _STR, "Repeats of a key are recorded as retries of its first request."
-    ),
-    _param("x-inferd-retry-of", "header", _STR, "The request id this call retries."),
-    _param(
-        "x-inferd-priority", "header", _TIER, "The request's tier (default: the key's, else interactive)."
-    ),
-    _param("x-inferd-timeout-ms", "header", _STR, "Milliseconds the client waits (a positive number)."),
+    _param(name, "header", schema, description)
+    for name, schema, description in (
+        ("x-request-id", _STR, "The request's id (kept when printable and at most 128 characters)."),
+        ("x-inferd-workflow", _STR, "The workflow the call is accounted to (budgets per workflow)."),
+        ("idempotency-key", _STR, "Repeats of a key are recorded as retries of its first request."),
+        ("x-inferd-retry-of", _STR, "The request id this call retries."),
+        ("x-inferd-priority", _TIER, "The request's tier (default: the key's, else interactive)."),
+        ("x-inferd-timeout-ms", _STR, "Milliseconds the client waits (a positive number)."),
+    )
 ]
 _INFER_RESPONSES = {
     "200": {
@@ -590,21 +582,16 @@ def _v2_paths() -> dict[str, Schema]:
             )
         },
     }
+    model_paths = (("", [_MODEL], "Model"), ("/versions/{version}", [_MODEL, _VERSION], "Version"))
     for suffix, op_id, summary, schema in (
         ("", "Metadata", "Model metadata.", "ModelMetadata"),
         ("/config", "Config", "Model configuration (Triton's model_config fields).", "ModelConfig"),
         ("/stats", "Stats", "Model statistics.", "ModelStatistics"),
     ):
-        for prefix, params, kind in (
-            ("", [_MODEL], "Model"),
-            ("/versions/{version}", [_MODEL, _VERSION], "Version"),
-        ):
+        for prefix, params, kind in model_paths:
             item = _v2_get(f"v2{kind}{op_id}", summary, schema, 400, 401, 404, 503)
             paths[f"/v2/models/{{model}}{prefix}{suffix}"] = {"parameters": params, **item}
-    for prefix, params, kind in (
-        ("", [_MODEL], "Model"),
-        ("/versions/{version}", [_MODEL, _VERSION], "Version"),
-    ):
+    for prefix, params, kind in model_paths:
         paths[f"/v2/models/{{model}}{prefix}/ready"] = {
             "parameters": params,
             "get": _op(f"v2{kind}Ready", "Model readiness.", "V2", _READY_RESPONSES),
@@ -785,7 +772,12 @@ def _misc_paths() -> dict[str, Schema]:
     document = {"description": "OpenAPI 3.1.", **_json(_ANY_OBJECT)}
     return {
         "/metrics": {
-            "get": _op("metrics", "Prometheus metrics.", "observability", {"200": metrics}, public=True)
+            "get": _op(
+                "metrics",
+                "Prometheus metrics (admin keys: they name every tenant and its spend).",
+                "observability",
+                {"200": metrics, **_errors("V2", 401, 403)},
+            )
         },
         "/openapi.json": {
             "get": _op("openapi", "This document.", "observability", {"200": document}, public=True)
