@@ -80,19 +80,15 @@ def _null(kind: str | list[str], **extra: Any) -> Schema:
 
 
 def _int(minimum: int | None = None, maximum: int | None = None) -> Schema:
-    schema: Schema = {"type": "integer"}
-    if minimum is not None:
-        schema["minimum"] = minimum
-    if maximum is not None:
-        schema["maximum"] = maximum
-    return schema
+    bounds = {"minimum": minimum, "maximum": maximum}
+    return {"type": "integer", **{k: v for k, v in bounds.items() if v is not None}}
 
 
 def _json(schema: Schema, **extra: Any) -> Schema:
     return {"content": {"application/json": {"schema": schema, **extra}}}
 
 
-def _body(schema: Schema, required: bool = True, **examples: Any) -> Schema:
+def _body(schema: Schema, examples: dict[str, Any] | None = None, required: bool = True) -> Schema:
     extra = {"examples": {k: {"value": v} for k, v in examples.items()}} if examples else {}
     return {"required": required, **_json(schema, **extra)}
 
@@ -533,6 +529,7 @@ _CALL_HEADERS = [
         ("x-inferd-timeout-ms", _STR, "Milliseconds the client waits (a positive number)."),
     )
 ]
+_INFER_HEADERS = [_HEADER_LENGTH, *_CALL_HEADERS]
 _INFER_RESPONSES = {
     "200": {
         "description": "The outputs: JSON, or (binary outputs) a JSON header then the output bytes.",
@@ -562,10 +559,7 @@ def _v2_get(op_id: str, summary: str, schema: str, *codes: int, public: bool = F
 
 def _v2_paths() -> dict[str, Schema]:
     ready = _v2_get("v2Ready", "Server readiness.", "Ready", public=True)
-    ready["get"]["responses"]["503"] = {
-        "description": "Not ready (starting or stopping).",
-        **_json(_ref("Ready")),
-    }
+    ready["get"]["responses"]["503"] = {"description": "Not ready.", **_json(_ref("Ready"))}
     index = _ok("The index.", _ref("RepositoryIndex"), request_id=False)
     paths: dict[str, Schema] = {
         "/v2/health/live": _v2_get("v2Live", "Liveness.", "Live", public=True),
@@ -598,14 +592,7 @@ def _v2_paths() -> dict[str, Schema]:
         }
         paths[f"/v2/models/{{model}}{prefix}/infer"] = {
             "parameters": params,
-            "post": _op(
-                f"v2{kind}Infer",
-                "Run an inference.",
-                "V2",
-                _INFER_RESPONSES,
-                _INFER_BODY,
-                [_HEADER_LENGTH, *_CALL_HEADERS],
-            ),
+            "post": _op(f"v2{kind}Infer", "Inference.", "V2", _INFER_RESPONSES, _INFER_BODY, _INFER_HEADERS),
         }
     # The fuzz tests' repository keeps `spare` for load and unload, which other operations do not use.
     spare = _path("model", ["spare"], "The model's name.")
@@ -629,16 +616,17 @@ def _v2_paths() -> dict[str, Schema]:
 def _openai_paths() -> dict[str, Schema]:
     errors = _errors("OpenAI", 400, 401, 404, 413, 429, 503, 504)
 
-    def generation(op_id: str, summary: str, request: str, response: str, example: Schema) -> Schema:
+    def generation(op_id: str, summary: str, response: str, example: Schema) -> Schema:
         ok = _ok("The completion, or its chunks as server-sent events when `stream` is true.")
         ok["content"] = {
             "application/json": {"schema": _ref(response)},
             "text/event-stream": {"schema": _ref("StreamEvent")},
         }
-        body = _body(_ref(request), short=example)
+        body = _body(_ref(f"{response}Request"), {"short": example})
         return {"post": _op(op_id, summary, "OpenAI", {"200": ok, **errors}, body, _CALL_HEADERS)}
 
-    messages = [{"role": "user", "content": "ka lo"}]
+    completion = {"model": "tiny-llama", "prompt": "ka lo mi", "max_tokens": 4}
+    chat = {"model": "tiny-llama", "messages": [{"role": "user", "content": "ka lo"}], "max_tokens": 4}
     embeddings = _ok("The embeddings.", _ref("Embeddings"))
     return {
         "/v1/models": {
@@ -649,19 +637,9 @@ def _openai_paths() -> dict[str, Schema]:
                 {"200": _ok("The models.", _ref("ModelList")), **_errors("OpenAI", 401)},
             )
         },
-        "/v1/completions": generation(
-            "openaiCompletions",
-            "Text completion.",
-            "CompletionRequest",
-            "Completion",
-            {"model": "tiny-llama", "prompt": "ka lo mi", "max_tokens": 4},
-        ),
+        "/v1/completions": generation("openaiCompletions", "Text completion.", "Completion", completion),
         "/v1/chat/completions": generation(
-            "openaiChatCompletions",
-            "Chat completion.",
-            "ChatCompletionRequest",
-            "ChatCompletion",
-            {"model": "tiny-llama", "messages": messages, "max_tokens": 4},
+            "openaiChatCompletions", "Chat completion.", "ChatCompletion", chat
         ),
         "/v1/embeddings": {
             "post": _op(
@@ -669,7 +647,7 @@ def _openai_paths() -> dict[str, Schema]:
                 "Embeddings of texts.",
                 "OpenAI",
                 {"200": embeddings, **errors},
-                _body(_ref("EmbeddingsRequest"), two={"model": "tiny-embed", "input": ["a", "b"]}),
+                _body(_ref("EmbeddingsRequest"), {"two": {"model": "tiny-embed", "input": ["a", "b"]}}),
                 _CALL_HEADERS,
             )
         },
@@ -680,12 +658,19 @@ def _admin_paths() -> dict[str, Schema]:
     base = "/admin/v1"
     codes = (400, 401, 403, 404, 503)
 
-    def op(
-        op_id: str, summary: str, ok: Schema | None, body: str | None = None, example: Any = None, **kw: Any
-    ) -> Schema:
+    examples: dict[str, Schema] = {
+        "TenantSpec": {"rpm": 60},
+        "KeySpec": {"tenant": TENANT},
+        "BudgetSpec": {"tenant": TENANT, "max_tokens": 10},
+        "PriceSpec": {"model": "fuzz-model", "per_inference": 0.5},
+    }
+
+    def op(op_id: str, summary: str, ok: Schema | None, body: str | None = None, **kw: Any) -> Schema:
         responses = {"200": ok} if ok is not None else {"204": _ok("Done.")}
         all_codes = (*codes, 413) if body else codes
-        request = (_body(_ref(body), example=example) if example else _body(_ref(body))) if body else None
+        request = (
+            _body(_ref(body), {"example": examples[body]} if body in examples else None) if body else None
+        )
         return _op(op_id, summary, "admin", {**responses, **_errors("OpenAI", *all_codes)}, request, **kw)
 
     def ok(schema: Schema) -> Schema:
@@ -710,18 +695,14 @@ def _admin_paths() -> dict[str, Schema]:
         f"{base}/tenants/{{name}}": {
             "parameters": [_path("name", ["fuzz-other"], "The tenant's name.")],
             "get": op("adminGetTenant", "A tenant.", ok(_ref("Tenant"))),
-            "put": op(
-                "adminPutTenant", "Create or replace a tenant.", ok(_ref("Tenant")), "TenantSpec", {"rpm": 60}
-            ),
+            "put": op("adminPutTenant", "Create or replace a tenant.", ok(_ref("Tenant")), "TenantSpec"),
             "delete": op("adminDeleteTenant", "Delete a tenant (not one's own).", None),
         },
         f"{base}/keys": {
             "get": op(
                 "adminListKeys", "API keys (a user key: its tenant's).", many("Key"), params=[tenant_q]
             ),
-            "post": op(
-                "adminCreateKey", "Create an API key.", ok(_ref("CreatedKey")), "KeySpec", {"tenant": TENANT}
-            ),
+            "post": op("adminCreateKey", "Create an API key.", ok(_ref("CreatedKey")), "KeySpec"),
         },
         f"{base}/keys/{{key_id}}": {
             "parameters": [_path("key_id", ["0123456789abcdef"], "The key's id (hex).")],
@@ -730,24 +711,12 @@ def _admin_paths() -> dict[str, Schema]:
         },
         f"{base}/budgets": {
             "get": op("adminListBudgets", "Budgets and their use.", many("Budget"), params=[tenant_q]),
-            "put": op(
-                "adminSetBudget",
-                "Set a budget.",
-                ok(_ref("Budget")),
-                "BudgetSpec",
-                {"tenant": TENANT, "max_tokens": 10},
-            ),
+            "put": op("adminSetBudget", "Set a budget.", ok(_ref("Budget")), "BudgetSpec"),
             "delete": op("adminDeleteBudget", "Delete a budget.", None, params=budget_q),
         },
         f"{base}/prices": {
             "get": op("adminListPrices", "Prices.", many("Price")),
-            "put": op(
-                "adminSetPrice",
-                "Set a price.",
-                ok(_ref("Price")),
-                "PriceSpec",
-                {"model": "fuzz-model", "per_inference": 0.5},
-            ),
+            "put": op("adminSetPrice", "Set a price.", ok(_ref("Price")), "PriceSpec"),
         },
         f"{base}/prices/{{model}}": {
             "parameters": [_path("model", ["fuzz-model", "*"], "The model (`*`: the default price).")],
