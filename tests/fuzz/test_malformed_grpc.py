@@ -120,6 +120,32 @@ def test_stream_infer_messages(channel: grpc.Channel, fuzz_server: FuzzServer, m
         assert "internal error" not in reply.error_message
 
 
+UNARY_RPCS = [
+    "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
+    "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+]  # fmt: skip
+
+
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=st.binary(max_size=80), rpc=st.sampled_from(UNARY_RPCS))
+def test_random_bytes_to_every_rpc(
+    channel: grpc.Channel, fuzz_server: FuzzServer, raw: bytes, rpc: str
+) -> None:
+    """Every RPC answers bytes that may not parse as its request with a result or a client error (the user
+    key may not load or unload: PERMISSION_DENIED)."""
+    call = channel.unary_unary(
+        f"/inference.GRPCInferenceService/{rpc}",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    try:
+        call(raw, metadata=grpc_metadata(fuzz_server), timeout=30)
+    except grpc.RpcError as exc:
+        error: Any = exc
+        if error.code() != grpc.StatusCode.PERMISSION_DENIED:
+            assert_grpc_refusal(exc)
+
+
 def test_still_serves(fuzz_server: FuzzServer) -> None:
     assert_serves(fuzz_server)
 

@@ -64,6 +64,24 @@ def test_chunked_body_over_the_limit(admin_http: httpx.Client, path: str, method
     assert "limit" in _status_and_error(response)[1]
 
 
+@pytest.mark.parametrize(("path", "method", "check"), BODY_ENDPOINTS, ids=IDS)
+def test_declared_length_over_the_limit(fuzz_server: FuzzServer, path: str, method: str, check: Any) -> None:
+    """Refused from the Content-Length alone, before the body is read (none is sent)."""
+    host, port = fuzz_server.running.http_url.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"{method} {path} HTTP/1.1\r\nHost: fuzz\r\nauthorization: Bearer {fuzz_server.admin_key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {LIMIT * 50}\r\n\r\n".encode()
+        )
+        reply = _read_response(sock)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    response = httpx.Response(
+        int(head.split(b" ")[1]), content=body, headers={"content-type": "application/json"}
+    )
+    check(response)
+    assert response.status_code == 413
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 @pytest.mark.parametrize(("path", "method", "check"), BODY_ENDPOINTS, ids=IDS)
 def test_compression_bomb(
