@@ -123,16 +123,27 @@ def _parse(cls: type[T], doc: Any, where: str) -> T:
         raise InvalidInput(str(exc)) from None
 
 
-def _non_negative(where: str, **values: float | None) -> None:
+MAX_COUNT = 2**53
+"""Largest count (tokens, requests, limits) accepted: exact in JSON doubles, inside SQLite's 64 bits."""
+MAX_MONEY = 10**12
+"""Largest amount of money accepted (its micro-units must fit SQLite's 64-bit integers)."""
+
+
+def _non_negative(where: str, money: bool = False, **values: float | None) -> None:
+    top = MAX_MONEY if money else MAX_COUNT
     for name, value in values.items():
-        if value is not None and value < 0:
-            raise InvalidInput(f"{where}.{name} must be >= 0, got {value}")
+        if value is None:
+            continue
+        if not 0 <= value <= top:  # also refuses NaN
+            raise InvalidInput(f"{where}.{name} must be >= 0 and <= {top}, got {value}")
 
 
 def _positive_limits(where: str, limits: Limits) -> None:
     for name, value in limits.as_dict().items():
-        if value is not None and value < 1:
-            raise InvalidInput(f"{where}.{name} must be >= 1 (omit it for no limit), got {value}")
+        if value is not None and not 1 <= value <= MAX_COUNT:
+            raise InvalidInput(
+                f"{where}.{name} must be >= 1 and <= {MAX_COUNT} (omit it for no limit), got {value}"
+            )
 
 
 def _micros(value: float | None) -> int | None:
@@ -231,7 +242,7 @@ class AdminService:
             raise InvalidInput("key.roles must name at least one role (admin, user)")
         limits = Limits(spec.rpm, spec.tpm, spec.max_concurrent, spec.max_tokens)
         _positive_limits("key", limits)
-        _non_negative("key", expires_in_s=spec.expires_in_s)
+        _non_negative("key", expires_in_s=spec.expires_in_s, expires_at=spec.expires_at)
         now = self.clock()
         expires = spec.expires_at
         if spec.expires_in_s is not None:
@@ -260,6 +271,7 @@ class AdminService:
         if patch.models is not None and not patch.models:
             raise InvalidInput("key.models must be a non-empty list of model name patterns")
         expires = key.expires_at
+        _non_negative("key", expires_at=patch.expires_at)
         if patch.expires_at is not None:
             expires = None if patch.expires_at == 0 else patch.expires_at
         updated = ApiKey(
@@ -286,8 +298,8 @@ class AdminService:
         spec = _parse(BudgetSpec, dict(doc), "budget")
         if spec.tenant not in {t.name for t in self.store.tenants()}:
             raise InvalidInput(f"budget.tenant: unknown tenant {spec.tenant!r}")
-        _non_negative("budget", max_tokens=spec.max_tokens, max_cost=spec.max_cost,
-                      max_requests=spec.max_requests)  # fmt: skip
+        _non_negative("budget", max_tokens=spec.max_tokens, max_requests=spec.max_requests)
+        _non_negative("budget", money=True, max_cost=spec.max_cost)
         if spec.max_tokens is None and spec.max_cost is None and spec.max_requests is None:
             raise InvalidInput("budget: give at least one of max_tokens, max_cost, max_requests")
         budget = Budget(
@@ -313,8 +325,8 @@ class AdminService:
 
     def set_price(self, actor: Principal, doc: Mapping[str, Any]) -> dict[str, Any]:
         spec = _parse(PriceSpec, dict(doc), "price")
-        _non_negative("price", prompt_per_1k=spec.prompt_per_1k, completion_per_1k=spec.completion_per_1k,
-                      per_inference=spec.per_inference)  # fmt: skip
+        _non_negative("price", money=True, prompt_per_1k=spec.prompt_per_1k,
+                      completion_per_1k=spec.completion_per_1k, per_inference=spec.per_inference)  # fmt: skip
         price = Price(
             spec.model,
             round(spec.prompt_per_1k * MICROS),

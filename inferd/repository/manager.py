@@ -174,7 +174,10 @@ class ModelManager:
             return True
         if not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
             return False
-        return (self.repository / name).is_dir()
+        try:
+            return (self.repository / name).is_dir()
+        except (OSError, ValueError):  # a name longer than the file system allows is no model
+            return False
 
     def ready_versions(self) -> list[ModelVersion]:
         """Ready tensor-model versions."""

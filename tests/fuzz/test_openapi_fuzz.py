@@ -51,14 +51,7 @@ READINESS = {"v2Ready", "v2ModelReady", "v2VersionReady"}
 # Server faults found by this test whose fix lies outside the transports, tolerated until fixed (message
 # fragment of the 500 -> the operations it may come from, None: any); each has a strict xfail below that
 # fails once it is fixed, as the reminder to drop its entry here.
-KNOWN_BUGS: dict[str, set[str] | None] = {
-    # gateway/admin.py passes integers of 2**63 and more, and costs whose micro-units are that large, to
-    # SQLite unchecked.
-    "internal error: OverflowError": {"adminPutTenant", "adminCreateKey", "adminSetBudget", "adminSetPrice"},
-    # repository/manager.py `exists`: a model name longer than the file system allows (255 bytes) makes
-    # `Path.is_dir` raise OSError (ENAMETOOLONG), wherever a model is named (path or body).
-    "internal error: OSError": None,
-}
+KNOWN_BUGS: dict[str, set[str] | None] = {}
 
 
 def _operation_id(case: Any) -> str:
@@ -115,7 +108,6 @@ def test_api_with_an_unknown_key(case: Any, fuzz_server: FuzzServer) -> None:
     _call(case, fuzz_server, "nobody")
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/admin.py: numbers past 64 bits reach SQLite (KNOWN_BUGS)")
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
@@ -163,12 +155,15 @@ def test_unrouted_requests_answer_in_their_api_error_shape(
         assert error["message"].startswith(f"{method} /"), error
 
 
-@pytest.mark.xfail(strict=True, reason="repository/manager.py: OSError on too long model names (KNOWN_BUGS)")
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
         ("GET", "/v2/models/{long}", None),
-        ("POST", "/v2/models/{long}/infer", {"inputs": []}),
+        (
+            "POST",
+            "/v2/models/{long}/infer",
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]},
+        ),
         ("POST", "/v1/completions", {"model": "{long}", "prompt": "ka"}),
         ("POST", "/v1/embeddings", {"model": "{long}", "input": "ka"}),
     ],
