@@ -81,12 +81,27 @@ INSERT_USAGE = f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES ({', '.join('?' * 1
 INSERT_AUDIT = f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES ({', '.join('?' * 8)})"
 
 
+ROWS_PER_INSERT = 256
+"""Ledger rows per INSERT statement (16 parameters each, far below SQLite's 32766)."""
+
+
+def _insert_usage(conn: sqlite3.Connection, usage: Sequence[UsageRow]) -> None:
+    """Multi-row INSERTs: one statement step (one release of the GIL) per chunk instead of one per row. On
+    the event loop, every release lets another Python thread (a runtime's worker) keep the GIL for up to
+    the switch interval, so per-row steps made ledger commits take milliseconds under load."""
+    one = f"({', '.join('?' * 16)})"
+    for i in range(0, len(usage), ROWS_PER_INSERT):
+        chunk = usage[i : i + ROWS_PER_INSERT]
+        sql = f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES " + ", ".join([one] * len(chunk))
+        conn.execute(sql, [value for row in chunk for value in row])  # a UsageRow is a tuple in column order
+
+
 def append(conn: sqlite3.Connection, usage: Sequence[UsageRow], audit: Sequence[AuditEntry]) -> None:
     """Append ledger rows and audit entries in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         if usage:
-            conn.executemany(INSERT_USAGE, usage)  # a UsageRow is a tuple in column order
+            _insert_usage(conn, usage)
         if audit:
             conn.executemany(INSERT_AUDIT, [audit_params(e) for e in audit])
         conn.execute("COMMIT")
