@@ -79,7 +79,7 @@ class AdminHttp:
                     self.gateway.require(ctx)
                 result = await handler(request, ctx)
             except Exception as exc:
-                return openai_error(exc, ctx.request_id)
+                return openai_error(exc, ctx.request_id, models=False)
             if result is None:
                 return Response(status_code=204, headers={"x-request-id": ctx.request_id})
             return Response(orjson.dumps(result), media_type=JSON, headers={"x-request-id": ctx.request_id})

@@ -58,7 +58,8 @@ _ERROR_TYPES = {
 }
 
 
-def openai_error(exc: BaseException, request_id: str) -> Response:
+def openai_error(exc: BaseException, request_id: str, *, models: bool = True) -> Response:
+    """The OpenAI error shape; `models` False (the admin API) does not label a 404 as an unknown model."""
     code = status.http_status(exc)
     headers = {"x-request-id": request_id, **error_headers(exc)}
     error_type = _ERROR_TYPES.get(code, "server_error")
@@ -67,7 +68,7 @@ def openai_error(exc: BaseException, request_id: str) -> Response:
     if isinstance(exc, InvalidParam):
         param = exc.param
     elif isinstance(exc, NotFound):
-        param, error_code = "model", "model_not_found"
+        param, error_code = ("model", "model_not_found") if models else (None, "not_found")
     elif isinstance(exc, Unauthenticated):
         error_type, error_code = "invalid_request_error", "invalid_api_key"
         headers["www-authenticate"] = "Bearer"
