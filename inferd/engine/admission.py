@@ -81,7 +81,7 @@ def check_admission(
     max_requests, max_tokens = config.max_waiting_requests, config.max_waiting_tokens
     excess_requests = 0 if max_requests is None else waiting_requests + num_requests - max_requests
     excess_tokens = 0
-    if max_tokens is not None and waiting_requests > 0:
+    if max_tokens is not None and waiting_requests > 0:  # an empty queue takes any request
         excess_tokens = waiting_tokens + num_tokens - max_tokens
     if excess_requests <= 0 and excess_tokens <= 0:
         return

@@ -181,12 +181,14 @@ class Scheduler:
         self, num_requests: int, num_tokens: int, *, pending_requests: int = 0, pending_tokens: int = 0
     ) -> None:
         """Raise QueueFull if `num_requests` more requests holding `num_tokens` prompt tokens do not fit in
-        the waiting queue, besides `pending_*` that are on their way to it. Only reads: another thread may
-        call it to refuse early."""
+        the waiting queue, besides `pending_*` that are on their way to it (as many as there are free slots
+        will start at the next step rather than wait). Only reads: another thread may call it to refuse
+        early."""
+        free_slots = max(0, self.config.max_num_seqs - len(self._running))
         check_admission(
             self.config,
             self.drain_rate,
-            waiting_requests=len(self._waiting) + pending_requests,
+            waiting_requests=max(0, len(self._waiting) + pending_requests - free_slots),
             waiting_tokens=self._waiting.num_tokens + pending_tokens,
             num_requests=num_requests,
             num_tokens=num_tokens,
@@ -259,6 +261,9 @@ class Scheduler:
         contended = decodes_left + starters > 0
         budget = self.config.max_num_batched_tokens
         plan = _Plan(budget, self.config.prefill_token_budget if contended else budget)
+        load = Counter(r.tenant for r in order)
+        head, head_tokens = self._waiting_head(plan, load)
+        yielded: list[EngineRequest] = []
 
         for i, request in enumerate(order):
             if plan.budget == 0:
@@ -266,12 +271,18 @@ class Scheduler:
             if request.status is not RUNNING:  # preempted earlier in this loop
                 continue
             start = request.num_computed_tokens
+            head_reserve = 0
             if request.num_tokens - start <= 1:
                 decodes_left -= 1
                 reserve = 0
-            else:  # a prompt chunk leaves room for the decodes after it
-                reserve = decodes_left + starters
-            n, is_prefill = self._num_new_tokens(request, start, plan, reserve)
+            else:  # a prompt chunk leaves room for the decodes after it, and for a waiting head before it
+                if head is not None and self._rank(request, load) > self._rank(head, load):
+                    head_reserve = head_tokens
+                    yielded.append(request)
+                reserve = decodes_left + starters + head_reserve
+            n, is_prefill = self._num_new_tokens(request, start, plan, reserve, head_reserve)
+            if n == 0 and head_reserve:  # yielding slows a prompt down, never stops it
+                n = min(1, self._num_new_tokens(request, start, plan, reserve - head_reserve)[0])
             if n == 0:
                 continue
             new_blocks = self._allocate_or_preempt(request, n, order[i + 1 :], plan.preempted)
@@ -283,6 +294,7 @@ class Scheduler:
         # Admitting while blocks are short would only preempt again next step.
         if not plan.preempted:
             self._admit(plan)
+        self._top_up(yielded, plan)
         self._backlogged = len(self._waiting) > 0
         for rid, (request, _, _) in plan.continuing.items():
             self.fair_share.charge(request, request.num_computed_tokens, plan.num_scheduled[rid])
@@ -391,17 +403,63 @@ class Scheduler:
             )
 
     def _num_new_tokens(
-        self, request: EngineRequest, start: int, plan: _Plan, reserve: int = 0
+        self, request: EngineRequest, start: int, plan: _Plan, reserve: int = 0, prefill_reserve: int = 0
     ) -> tuple[int, bool]:
         """Tokens `request` computes this step from position `start`, and whether they count as prefill; a
-        prefill leaves `reserve` tokens of the budget."""
+        prefill leaves `reserve` tokens of the budget and `prefill_reserve` of the prefill budget."""
         remaining = request.num_tokens - start
         if remaining <= 1:
             return min(remaining, plan.budget), False
-        cap = min(plan.budget - reserve, max(plan.prefill_budget, 0))
+        cap = min(plan.budget - reserve, plan.prefill_budget - prefill_reserve)
         if self.config.long_prefill_token_threshold:
             cap = min(cap, self.config.long_prefill_token_threshold)
         return max(0, min(remaining, cap)), True
+
+    def _top_up(self, yielded: list[EngineRequest], plan: _Plan) -> None:
+        """Give running prompts that left room for the waiting head what the head did not take."""
+        threshold = self.config.long_prefill_token_threshold
+        for request in yielded:
+            if plan.budget == 0 or plan.prefill_budget <= 0:
+                return
+            if request.status is not RUNNING:
+                continue
+            rid = request.request_id
+            n = plan.num_scheduled.get(rid, 0)
+            extra = self._num_new_tokens(request, request.num_computed_tokens + n, plan)[0]
+            if threshold:
+                extra = min(extra, threshold - n)
+            if extra <= 0:
+                continue
+            new_blocks = self.kv_cache.allocate_slots(request, n + extra)
+            if new_blocks is None:
+                continue
+            entry = plan.continuing.get(rid)
+            if entry is None:
+                plan.continuing[rid] = (request, new_blocks, True)
+                plan.take(request, extra, True)
+            else:
+                entry[1].extend(new_blocks)
+                plan.undo(request)
+                plan.take(request, n + extra, True)
+                plan.continuing[rid] = entry
+
+    def _rank(self, request: EngineRequest, load: Counter[str]) -> tuple[int, float, float]:
+        """Who goes first between a running prompt and a waiting request: tier, then service received,
+        then requests running (per weight)."""
+        fair, tenant = self.fair_share, request.tenant
+        return request.priority, fair.counter(tenant), load[tenant] / fair.weight(tenant)
+
+    def _waiting_head(self, plan: _Plan, load: Counter[str]) -> tuple[EngineRequest | None, int]:
+        """The waiting request first in fair order, and the prompt tokens it could start with this step:
+        running prompts of a later tier, of more served tenants or of busier ones leave it that room."""
+        if not self._waiting:
+            return None, 0
+        fair = self.fair_share
+        head = next(iter(self._waiting.fair_order(lambda t: (fair.counter(t), load[t] / fair.weight(t)))))
+        tokens = min(head.num_tokens, plan.prefill_budget)
+        if self.config.long_prefill_token_threshold:
+            tokens = min(tokens, self.config.long_prefill_token_threshold)
+        return head, tokens
 
     def _allocate_or_preempt(
         self,

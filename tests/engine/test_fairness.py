@@ -135,8 +135,8 @@ def test_backlogged_tenants_counters_stay_within_a_bound(
     biggest = max(prompt * 1.0 + max_tokens * 2.0 for prompt, max_tokens in shapes)
     bound = (max_num_seqs + 1) * biggest / min(weights)
     for _step in range(120):
-        for t in tenants:  # keep every tenant backlogged
-            while sum(1 for r in s._waiting if r.tenant == t) < 2:
+        for t in tenants:  # keep every tenant backlogged: more waiting than one step can start
+            while sum(1 for r in s._waiting if r.tenant == t) < max_num_seqs + 2:
                 prompt, max_tokens = shapes[serial % len(shapes)]
                 serial += 1
                 tokens = list(range(200 + serial % 50, 200 + serial % 50 + prompt))

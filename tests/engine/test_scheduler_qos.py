@@ -282,25 +282,31 @@ def test_a_prompt_chunk_leaves_room_for_decodes_and_one_token_prompts() -> None:
 
 
 def test_queue_bound_in_requests_refuses_at_once() -> None:
-    s = make_scheduler(max_num_seqs=1, max_waiting_requests=3)
-    for i in range(3):
-        s.add_request(make_request(f"r{i}", 4))
+    s = make_scheduler(max_num_seqs=2, max_waiting_requests=3)
+    for i in range(5):  # two will start at the next step: they do not count as waiting
+        s.add_request(make_request(f"r{i}", 4, max_tokens=50))
     with pytest.raises(QueueFull) as refused:
-        s.add_request(make_request("r3", 4))
+        s.add_request(make_request("r5", 4))
     assert refused.value.retry_after_s > 0 and "3 requests waiting" in refused.value.message
-    assert s.num_waiting == 3 and s.get_request("r3") is None
+    assert s.num_waiting == 5 and s.get_request("r5") is None
+    Driver(s).step()
+    assert s.num_waiting == 3
+    with pytest.raises(QueueFull):
+        s.add_request(make_request("r5", 4))
+    s.abort_request("r2")  # one leaves the queue
     with pytest.raises(QueueFull):
         s.add_request(make_request("pair", 4, n=2))  # every sample counts
-    Driver(s).step()  # one leaves the queue
-    s.add_request(make_request("r3", 4))
+    s.add_request(make_request("r5", 4))
 
 
 def test_queue_bound_in_tokens() -> None:
     s = make_scheduler(max_num_seqs=1, max_waiting_tokens=10, max_model_len=256, num_blocks=128)
+    s.add_request(make_request("hog", 2, max_tokens=50))
+    Driver(s).step()
     s.add_request(make_request("big", 50))  # an empty queue always takes one request
     with pytest.raises(QueueFull, match="50 tokens waiting"):
         s.add_request(make_request("small", 2))
-    Driver(s).step()
+    s.abort_request("big")
     s.add_request(make_request("a", 6))
     s.add_request(make_request("b", 4))
     with pytest.raises(QueueFull):
@@ -329,7 +335,7 @@ def test_retry_after_follows_the_measured_drain_rate() -> None:
         d.step()
     now[0] += 100  # idle time (an empty queue) does not count
     d.step()
-    for i in range(5, 11):
+    for i in range(5, 12):  # one will start at once: 6 wait
         s.add_request(make_request(f"r{i}", 4, max_tokens=1))
     with pytest.raises(QueueFull) as refused:
         s.add_request(make_request("late", 4, n=3))
