@@ -17,7 +17,8 @@ and refuses later requests (`NotReady`), sets `failure` and calls `on_failure`: 
 Admission: `generate` refuses at once (QueueFull, without waiting for the engine thread) when the
 scheduler's waiting queue plus the requests on their way to it are at the scheduler's bounds; the engine
 thread checks again when it queues the request. A request carries a tenant (fair sharing), a priority tier
-and a deadline (dropped with DeadlineExceeded once it passes). Torch-free: the engine is any `EngineCore`.
+and a deadline for its first token (dropped with DeadlineExceeded once it passes without one). Torch-free:
+the engine is any `EngineCore`.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class AsyncLLMEngine:
         self.on_step = on_step
         """Called on the engine thread after every step with the scheduler's statistics."""
         self.on_failure = on_failure
-        """Called on the engine thread, with `failure`, when the loop crashed (streams already failed)."""
+        """Called on the engine thread, with `failure`, when the loop crashed (before its streams fail)."""
         self._cv = threading.Condition()
         self._inbox: list[_Add | _Abort] = []
         self._samples: dict[str, _Sample] = {}
@@ -240,9 +241,10 @@ class AsyncLLMEngine:
     ) -> RequestStream:
         """Queue a request; returns its stream once the engine accepted it. `priority` is the service tier
         (`Priority`: 0 interactive, 1 batch; lower first), `tenant` the unit of fair sharing, `deadline` a
-        `time.monotonic()` value after which the request is dropped (DeadlineExceeded, on the stream if it
-        started). Raises the engine's refusal (InvalidInput: context length, KV cache too small; QueueFull
-        with `retry_after_s`; DeadlineExceeded) or NotReady when the engine is stopped or failed."""
+        `time.monotonic()` value by which the first token must come, else the request is dropped
+        (DeadlineExceeded, on the stream). Raises the engine's refusal (InvalidInput: context length, KV
+        cache too small; QueueFull with `retry_after_s`; DeadlineExceeded) or NotReady when the engine is
+        stopped or failed."""
         self._check_alive()
         num_requests, num_tokens = params.n, params.n * len(prompt_token_ids)
         pending_requests, pending_tokens = self._pending
@@ -348,6 +350,11 @@ class AsyncLLMEngine:
         with self._cv:
             pending, self._inbox = self._inbox, []
             self._stopped = failure if reason is None else NotReady(reason)
+        if reason is not None and self.on_failure is not None:  # before any client hears of it
+            try:
+                self.on_failure(reason)
+            except Exception:
+                log.exception("on_failure raised")
         for command in pending:
             if isinstance(command, _Add):
                 command.stream.post(failure)
@@ -355,11 +362,6 @@ class AsyncLLMEngine:
             stream.post(failure)
         self._streams.clear()
         self._samples.clear()
-        if reason is not None and self.on_failure is not None:
-            try:
-                self.on_failure(reason)
-            except Exception:
-                log.exception("on_failure raised")
 
     def _apply(self, command: _Add | _Abort) -> None:
         if isinstance(command, _Abort):
@@ -436,8 +438,7 @@ class AsyncLLMEngine:
             self.engine.abort_requests([stream.request_id])
             for other in [k for k, v in self._samples.items() if v.stream is stream]:
                 del self._samples[other]
-            when = "before it started" if stream.usage.completion_tokens == 0 else "during generation"
-            stream.post(DeadlineExceeded(f"the request's deadline passed {when} (LLM engine)"))
+            stream.post(DeadlineExceeded("the request's deadline passed before its first token (LLM engine)"))
 
     def _logprobs(self, update: RequestUpdate) -> tuple[TokenLogprob, ...]:
         if not update.logprobs:

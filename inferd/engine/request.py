@@ -90,7 +90,8 @@ class EngineRequest:
     tenant: str = ""
     """Who the request is served for: the unit of fair sharing between tenants."""
     deadline: float | None = None
-    """When the client gives up (same clock as `arrival_time`): the request is dropped if still unfinished."""
+    """When the client stops waiting for the first token (same clock as `arrival_time`): a request that has
+    produced no token by then is dropped; one that has keeps running."""
     parent_id: str | None = None
     """For one of the `n` samples of a request: the id of that request."""
     sample_index: int = 0

@@ -16,8 +16,8 @@ likewise preempt a running request of a less important tier, or one of a tenant 
 the cache, so the request first in policy order can always progress: no crash, no deadlock.
 
 Admission control: `add_request` refuses with QueueFull when the waiting queue is at its bounds, with a
-Retry-After from the measured drain rate (`inferd/engine/admission.py`). Requests past their deadline are
-dropped at the next step (`take_expired`).
+Retry-After from the measured drain rate (`inferd/engine/admission.py`). Requests still without a token at
+their deadline are dropped at the next step (`take_expired`).
 
 Not thread-safe: one engine loop calls `add_request`, `schedule`, `update_from_output` (for each output
 before the next `schedule`), and `finish_requests` between steps. `check_admission` and `stats` only read,
@@ -548,8 +548,9 @@ class Scheduler:
         self._last_schedule = now
 
     def _expire(self, now: float) -> None:
+        """Drop the requests still without a token at their deadline."""
         for request in list(self._requests.values()):
-            if request.deadline is not None and now >= request.deadline:
+            if request.deadline is not None and now >= request.deadline and not request.output_token_ids:
                 self._finish(request, FinishReason.ABORT, None)
                 self._expired.append(request.request_id)
 

@@ -184,7 +184,7 @@ async def test_a_request_past_its_deadline_fails_with_deadline_exceeded() -> Non
     try:
         hog = await engine.generate([3], SamplingParams(max_tokens=200, ignore_eos=True))
         late = await engine.generate([3, 4], SamplingParams(max_tokens=2), deadline=time.monotonic() + 0.05)
-        with pytest.raises(DeadlineExceeded, match="before it started"):
+        with pytest.raises(DeadlineExceeded, match="before its first token"):
             async for _ in late:
                 pass
         await hog.aclose()
