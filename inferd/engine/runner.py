@@ -19,6 +19,7 @@ import torch
 from inferd.engine.config import EngineConfig, kv_bytes_per_block
 from inferd.engine.model.attention import AttentionMetadata, GatherWorkspace, PrefillSpan
 from inferd.engine.model.config import ModelArchConfig, load_arch_config
+from inferd.engine.model.host_memory import keep_freed_memory
 from inferd.engine.model.loader import load_model, torch_dtype
 from inferd.engine.model.rope import RotaryEmbedding
 from inferd.engine.model.transformer import DecoderModel, KVCache
@@ -67,6 +68,10 @@ class ModelRunner:
         self.dtype = model.embed_tokens.weight.dtype
         self.block_size = config.cache.block_size
         self.max_model_len = config.scheduler.max_model_len
+        if self.device.type == "cpu":
+            keep_freed_memory()
+            packed = model.prepack(config.scheduler.max_num_seqs)  # before measuring the free memory
+            logger.info("prepacked %d weight matrices for oneDNN", packed)
         self.num_blocks = self._resolve_num_blocks()
         arch = self.arch
         shape = (arch.num_layers, 2, self.num_blocks, self.block_size, arch.num_kv_heads, arch.head_dim)
@@ -218,11 +223,12 @@ class ModelRunner:
     def _decode_tables(
         self, tables: list[list[int]], lengths: list[int]
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Block table [n, width] and mask [n, 1, 1, width * block_size] of the decodes."""
         if not tables:
             return None, None
         width = max(len(t) for t in tables)
-        padded = [block for t in tables for block in (*t, *([0] * (width - len(t))))]
-        table = torch.tensor(padded, dtype=torch.int64, device=self.device)  # [n * width]
+        padded = [[*t, *([0] * (width - len(t)))] for t in tables]
+        table = torch.tensor(padded, dtype=torch.int64, device=self.device)  # [n, width]
         lens = torch.tensor(lengths, dtype=torch.int64, device=self.device)
         keys = torch.arange(width * self.block_size, device=self.device)
         mask = (keys.unsqueeze(0) < lens.unsqueeze(1)).view(len(tables), 1, 1, -1)  # [n, 1, 1, L]

@@ -8,8 +8,11 @@ all layers (no host sync inside the model).
 
 Decodes are batched into one SDPA call over their gathered, padded contexts with a length mask; the query
 heads of each KV head are packed into the query-length dimension (grouped-query attention without repeating
-K/V). Prefill chunks run one SDPA call each: causal over their own fresh K/V when nothing precedes them,
-else over their gathered context with an offset causal mask (chunked prefill, prefix-cache hits).
+K/V). Torch's CPU flash attention computes each query row as transformers' one-query-per-head call does, bit
+for bit. (A C kernel reading the blocks in place was measured 40% faster for 32 decodes, but it differs in
+the last bits in bf16, its dot-product order and exp being its own: enough to change the greedy tokens of
+small models.) Prefill chunks run one SDPA call each: causal over their own fresh K/V when nothing precedes
+them, else over their gathered context with an offset causal mask (chunked prefill, prefix-cache hits).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ class AttentionMetadata:
     num_decodes: int
     """The first `num_decodes` tokens are single-token steps of as many requests."""
     decode_block_table: torch.Tensor | None
-    """[num_decodes * max_blocks] int64: each decode's blocks, padded with block 0 to `max_blocks`."""
+    """[num_decodes, max_blocks] int64: each decode's blocks, padded with block 0 to `max_blocks`."""
     decode_mask: torch.Tensor | None
     """[num_decodes, 1, 1, max_blocks * block_size] bool, True for positions < the request's length."""
     prefills: tuple[PrefillSpan, ...]
@@ -99,16 +102,12 @@ def paged_attention(
     num_tokens, num_heads, head_dim = q.shape
     kv_heads = k.shape[1]
     groups = num_heads // kv_heads
-    out = torch.empty(num_tokens, num_heads, head_dim, dtype=q.dtype, device=q.device)
     n = meta.num_decodes
+    if n and not meta.prefills:
+        return _decode_attention(q, k_cache, v_cache, meta, scale).view(n, num_heads * head_dim)
+    out = torch.empty(num_tokens, num_heads, head_dim, dtype=q.dtype, device=q.device)
     if n:
-        assert meta.decode_block_table is not None
-        keys, values = meta.workspace.gather(k_cache, v_cache, meta.decode_block_table)  # [n * L, KVH, D]
-        keys = keys.view(n, -1, kv_heads, head_dim).transpose(1, 2)  # [n, KVH, L, D]
-        values = values.view(n, -1, kv_heads, head_dim).transpose(1, 2)
-        queries = q[:n].view(n, kv_heads, groups, head_dim)  # [n, KVH, G, D]
-        attn = F.scaled_dot_product_attention(queries, keys, values, attn_mask=meta.decode_mask, scale=scale)
-        out[:n] = attn.view(n, num_heads, head_dim)
+        out[:n] = _decode_attention(q[:n], k_cache, v_cache, meta, scale).view(n, num_heads, head_dim)
     for span in meta.prefills:
         end = span.start + span.num_tokens
         queries = q[span.start : end].transpose(0, 1).unsqueeze(0)  # [1, H, t, D]
@@ -127,3 +126,18 @@ def paged_attention(
             )
         out[span.start : end] = attn[0].transpose(0, 1)  # [t, H, D]
     return out.view(num_tokens, num_heads * head_dim)
+
+
+def _decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
+    """Queries q [n, H, D] of the step's decodes -> attention outputs [n, H, D] (contiguous)."""
+    assert meta.decode_block_table is not None
+    n, num_heads, head_dim = q.shape
+    kv_heads = k_cache.shape[2]
+    keys, values = meta.workspace.gather(k_cache, v_cache, meta.decode_block_table.view(-1))  # [n*L, KVH, D]
+    keys = keys.view(n, -1, kv_heads, head_dim).transpose(1, 2)  # [n, KVH, L, D]
+    values = values.view(n, -1, kv_heads, head_dim).transpose(1, 2)
+    queries = q.view(n, kv_heads, num_heads // kv_heads, head_dim)  # [n, KVH, G, D]
+    attn = F.scaled_dot_product_attention(queries, keys, values, attn_mask=meta.decode_mask, scale=scale)
+    return attn.view(n, num_heads, head_dim)

@@ -1,7 +1,10 @@
 """Rotary position embeddings (the "rotate half" layout of Llama, Mistral and Qwen).
 
 The cos/sin tables are computed once for every position the model serves, in float32 exactly as transformers
-computes them per step, so indexing them by position gives bit-identical values.
+computes them per step, so indexing them by position gives bit-identical values. The sin table carries the
+sign of "rotate half" (its first half negated): `rotate_half(x) * sin` becomes `swap_halves(x) * signed_sin`,
+the same products (rounding is symmetric in sign) with one copy instead of a negation, two slices and a
+concat.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def _llama3(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
 
 
 class RotaryEmbedding:
-    """cos/sin tables for positions 0..max_positions-1, applied to q and k in place of transformers' RoPE."""
+    """cos and signed sin tables for positions 0..max_positions-1, applied to q and k in place of
+    transformers' RoPE."""
 
     def __init__(
         self, head_dim: int, max_positions: int, theta: float, scaling: RopeScaling, device: torch.device
@@ -49,19 +53,24 @@ class RotaryEmbedding:
         positions = torch.arange(max_positions, dtype=torch.int64).float()
         freqs = positions[:, None] * inv_freq[None, :]  # [P, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [P, D]
+        half = head_dim // 2
+        sin = emb.sin()
+        sin[:, :half] = -sin[:, :half]
         self.cos = emb.cos().to(device)  # [P, D] float32
-        self.sin = emb.sin().to(device)
+        self.signed_sin = sin.to(device)  # [P, D] float32: -sin on the first half, sin on the second
 
     def lookup(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin [T, 1, D] in `dtype` for `positions` [T], to broadcast over heads (once per step)."""
+        """cos and signed sin [T, 1, D] in `dtype` for `positions` [T], to broadcast over heads (once per
+        step)."""
         return (
             self.cos.index_select(0, positions).to(dtype).unsqueeze(1),
-            self.sin.index_select(0, positions).to(dtype).unsqueeze(1),
+            self.signed_sin.index_select(0, positions).to(dtype).unsqueeze(1),
         )
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, D] rotated by cos/sin [T, 1, D]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D] rotated by cos/signed sin [T, 1, D] (see `RotaryEmbedding.lookup`): transformers'
+    `x * cos + rotate_half(x) * sin`, bit for bit."""
+    t, heads, d = x.shape
+    swapped = x.view(t, heads, 2, d // 2).flip(-2).view(t, heads, d)  # [x2, x1]
+    return x * cos + swapped * signed_sin

@@ -14,6 +14,7 @@ from torch import nn
 from inferd.engine.model.attention import AttentionMetadata, paged_attention, write_kv
 from inferd.engine.model.config import ModelArchConfig
 from inferd.engine.model.layers import RMSNorm, SwiGLUMLP
+from inferd.engine.model.linear import Linear, can_prepack, packed_linear, prepack
 from inferd.engine.model.rope import apply_rotary
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -29,8 +30,8 @@ class Attention(nn.Module):
         self.q_size = config.num_heads * config.head_dim
         self.kv_size = config.num_kv_heads * config.head_dim
         self.scale = config.head_dim**-0.5
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_bias)
+        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, config.qkv_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, config.o_bias)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
@@ -43,15 +44,17 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         # x [T, hidden] -> qkv [T, q_size + 2 * kv_size]
-        q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        q = q.view(-1, self.num_heads, self.head_dim)  # [T, H, D]
-        k = k.view(-1, self.num_kv_heads, self.head_dim)  # [T, KVH, D]
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        qkv = self.qkv_proj(x)
+        num_tokens, heads = qkv.shape[0], self.num_heads
+        v = qkv[:, self.q_size + self.kv_size :].view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
-            q = self.q_norm(q)
-            k = self.k_norm(k)
-        q = apply_rotary(q, cos, sin)
-        k = apply_rotary(k, cos, sin)
+            q, k = qkv[:, : self.q_size], qkv[:, self.q_size : self.q_size + self.kv_size]
+            q = apply_rotary(self.q_norm(q.view(num_tokens, heads, self.head_dim)), cos, sin)  # [T, H, D]
+            k = apply_rotary(self.k_norm(k.view(num_tokens, -1, self.head_dim)), cos, sin)  # [T, KVH, D]
+        else:  # q and k are adjacent: rotate them at once
+            qk = qkv[:, : self.q_size + self.kv_size].view(num_tokens, -1, self.head_dim)
+            qk = apply_rotary(qk, cos, sin)  # [T, H + KVH, D]
+            q, k = qk[:, :heads], qk[:, heads:]
         write_kv(kv_cache[0], kv_cache[1], k, v, meta.slot_mapping)
         out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)  # [T, H * D]
         result: torch.Tensor = self.o_proj(out)  # [T, hidden]
@@ -89,9 +92,21 @@ class DecoderModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head: nn.Linear | None = None
+        self.lm_head: Linear | None = None
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, False)
+        self.packed_tied_head: torch.Tensor | None = None
+        """The tied LM head (the embedding matrix) prepacked, a copy: the lookup needs the plain one."""
+
+    def prepack(self, batch_hint: int) -> int:
+        """Prepack every projection and the LM head where possible (see `linear.py`), for steps of about
+        `batch_hint` rows; returns how many matrices were packed."""
+        packed = sum(m.prepack(batch_hint) for m in self.modules() if isinstance(m, Linear))
+        weight = self.embed_tokens.weight
+        if self.lm_head is None and self.packed_tied_head is None and can_prepack(weight):
+            self.packed_tied_head = prepack(weight, batch_hint)
+            packed += 1
+        return packed
 
     def forward(
         self,
@@ -108,5 +123,11 @@ class DecoderModel(nn.Module):
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             h = layer(h, cos, sin, kv_cache, meta)
         h = self.norm(h.index_select(0, logits_indices))  # [S, hidden] (the norm is per token)
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(h, weight).float()  # [S, vocab]
+        logits: torch.Tensor
+        if self.lm_head is not None:
+            logits = self.lm_head(h)
+        elif self.packed_tied_head is not None:
+            logits = packed_linear(h, self.packed_tied_head, None)
+        else:
+            logits = F.linear(h, self.embed_tokens.weight)
+        return logits.float()  # [S, vocab]
