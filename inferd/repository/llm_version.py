@@ -123,6 +123,9 @@ class LLMVersion:
                 skip_special_tokens=request.skip_special_tokens,
                 priority=ENGINE_PRIORITY[request.priority],
                 tenant=request.tenant,
+                # Tenants never share prefix-cache blocks: a cache hit's speed would leak another
+                # tenant's prompts.
+                cache_salt=request.tenant or None,
                 deadline=deadline.at if deadline is not None else None,
             )
         except NotReady:
