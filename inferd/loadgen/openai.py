@@ -25,7 +25,7 @@ import aiohttp
 import numpy as np
 
 from inferd.loadgen.auth import add_api_key_argument, auth_headers
-from inferd.loadgen.profile import Sample, add_profile_arguments, format_profile, profile_options, run_profile
+from inferd.loadgen.profile import Sample, add_profile_arguments, print_profile, profile_options, run_profile
 from inferd.loadgen.shape import check_load_shape
 from inferd.loadgen.stats import LatencySummary, summarize
 from inferd.loadgen.v2 import run_sync
@@ -487,11 +487,7 @@ def _main_profile(args: argparse.Namespace) -> int:
     except (BenchError, ValueError) as e:
         print(f"inferd bench openai: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps({"capacity_rps": cap, "steps": [r.to_dict() for r in reports]}, allow_nan=False))
-    else:
-        print(format_profile(cap, reports))
-    return 0 if any(r.admitted for r in reports) else 1
+    return print_profile(cap, reports, as_json=args.json)
 
 
 def format_result(result: OpenAIBenchResult) -> str:

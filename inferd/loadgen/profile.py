@@ -10,6 +10,7 @@ per second that met the latency SLO (`--slo-latency-ms`, and `--slo-ttft-ms` for
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -182,3 +183,13 @@ def format_profile(capacity: float, reports: Sequence[StepReport]) -> str:
         )
     lines.append("(latencies in ms: adm = admitted requests, ref = refusals)")
     return "\n".join(lines)
+
+
+def print_profile(capacity: float, reports: Sequence[StepReport], *, as_json: bool) -> int:
+    """Print a profile (table or one JSON object); the exit code: 0 when some request was admitted."""
+    if as_json:
+        doc = {"capacity_rps": capacity, "steps": [r.to_dict() for r in reports]}
+        print(json.dumps(doc, allow_nan=False))
+    else:
+        print(format_profile(capacity, reports))
+    return 0 if any(r.admitted for r in reports) else 1

@@ -26,7 +26,7 @@ from inferd.loadgen.profile import (
     Sample,
     StepReport,
     add_profile_arguments,
-    format_profile,
+    print_profile,
     profile_options,
     run_profile,
 )
@@ -350,11 +350,7 @@ def _main_profile(args: argparse.Namespace) -> int:
     except (BenchError, ValueError) as e:
         print(f"inferd bench v2: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps({"capacity_rps": cap, "steps": [r.to_dict() for r in reports]}, allow_nan=False))
-    else:
-        print(format_profile(cap, reports))
-    return 0 if any(r.admitted for r in reports) else 1
+    return print_profile(cap, reports, as_json=args.json)
 
 
 def format_result(result: V2BenchResult) -> str:
