@@ -9,6 +9,7 @@ model is loaded.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -170,3 +171,21 @@ def load_llm_version(
     loop.on_step = served.on_step
     served.attach(loop)
     return served
+
+
+def load_llm_versions(
+    name: str, versions: Sequence[tuple[str, str, Path]], config: LLMModelConfig, metrics: Metrics
+) -> dict[str, LLMVersion]:
+    """Blocking: load every (version, sha256, folder) of a model, or none. When one fails, the versions
+    already loaded are shut down (engine threads stopped and joined, so their weights and KV caches are
+    freed, and their metrics forgotten) before the error propagates: a failed reload leaks no engine."""
+    loaded: dict[str, LLMVersion] = {}
+    try:
+        for version, sha256, version_dir in versions:
+            loaded[version] = load_llm_version(name, version, sha256, version_dir, config, metrics)
+    except BaseException:
+        for version, served in loaded.items():
+            served.engine.close()
+            metrics.forget_version(name, version)
+        raise
+    return loaded

@@ -10,9 +10,9 @@ from inferd.engine.model.linear import Linear
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in float32, then scaled in the input dtype, as transformers computes it
-    (`F.rms_norm` in float32 gives the bit-identical normalization of transformers' `x * rsqrt(mean(x^2) +
-    eps)` in one call instead of six)."""
+    """Root-mean-square norm computed in float32, then scaled in the input dtype, as transformers computes it:
+    `F.rms_norm` without a weight normalizes in float32 and rounds once to the input dtype, the bits of
+    transformers' `(x32 * rsqrt(mean(x32^2) + eps)).to(dtype)`, in one call instead of six."""
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -21,8 +21,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [..., size] -> [..., size]
-        normed = F.rms_norm(x.to(torch.float32), self.weight.shape, eps=self.eps)
-        return self.weight * normed.to(x.dtype)
+        return self.weight * F.rms_norm(x, self.weight.shape, eps=self.eps)
 
 
 class SwiGLUMLP(nn.Module):
