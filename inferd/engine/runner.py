@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from inferd.engine.config import EngineConfig, kv_bytes_per_block
-from inferd.engine.model.attention import AttentionMetadata, GatherWorkspace, PrefillSpan
+from inferd.engine.model.attention import AttentionMetadata, GatherWorkspace, PrefillSpan, additive_mask
 from inferd.engine.model.config import ModelArchConfig, load_arch_config
 from inferd.engine.model.host_memory import keep_freed_memory
 from inferd.engine.model.loader import load_model, torch_dtype
@@ -223,7 +223,7 @@ class ModelRunner:
     def _decode_tables(
         self, tables: list[list[int]], lengths: list[int]
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Block table [n, width] and mask [n, 1, 1, width * block_size] of the decodes."""
+        """Block table [n, width] and additive mask [n, 1, 1, width * block_size] of the decodes."""
         if not tables:
             return None, None
         width = max(len(t) for t in tables)
@@ -231,8 +231,8 @@ class ModelRunner:
         table = torch.tensor(padded, dtype=torch.int64, device=self.device)  # [n, width]
         lens = torch.tensor(lengths, dtype=torch.int64, device=self.device)
         keys = torch.arange(width * self.block_size, device=self.device)
-        mask = (keys.unsqueeze(0) < lens.unsqueeze(1)).view(len(tables), 1, 1, -1)  # [n, 1, 1, L]
-        return table, mask
+        allowed = (keys.unsqueeze(0) < lens.unsqueeze(1)).view(len(tables), 1, 1, -1)  # [n, 1, 1, L]
+        return table, additive_mask(allowed, self.dtype)
 
     def _prefill_span(self, offset: int, start: int, n: int, table: list[int]) -> PrefillSpan:
         if start == 0:
@@ -241,7 +241,7 @@ class ModelRunner:
         blocks = torch.tensor(table[: -(-end // self.block_size)], dtype=torch.int64, device=self.device)
         keys = torch.arange(end, device=self.device).unsqueeze(0)  # [1, end]
         queries = torch.arange(start, end, device=self.device).unsqueeze(1)  # [n, 1]
-        return PrefillSpan(offset, n, end, blocks, keys <= queries)
+        return PrefillSpan(offset, n, end, blocks, additive_mask(keys <= queries, self.dtype))
 
 
 @dataclass(frozen=True)

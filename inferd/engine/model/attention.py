@@ -60,7 +60,8 @@ class PrefillSpan:
     block_table: torch.Tensor | None
     """[num_blocks] block ids covering `context_len`; None when the chunk starts at position 0."""
     mask: torch.Tensor | None
-    """[num_tokens, context_len] bool, True where attention is allowed; None without `block_table`."""
+    """[num_tokens, context_len] additive mask in the model dtype (0 where attention is allowed, -inf
+    elsewhere: what SDPA turns a bool mask into on every call); None without `block_table`."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,18 @@ class AttentionMetadata:
     decode_block_table: torch.Tensor | None
     """[num_decodes, max_blocks] int64: each decode's blocks, padded with block 0 to `max_blocks`."""
     decode_mask: torch.Tensor | None
-    """[num_decodes, 1, 1, max_blocks * block_size] bool, True for positions < the request's length."""
+    """[num_decodes, 1, 1, max_blocks * block_size] additive mask in the model dtype: 0 for positions < the
+    request's length, -inf after (see `additive_mask`)."""
     prefills: tuple[PrefillSpan, ...]
     workspace: GatherWorkspace
     """Where gathered keys and values go."""
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask (True: may attend) as SDPA's additive form in `dtype`, 0 or -inf: SDPA converts a bool
+    mask exactly so on every call, i.e. once per layer; built once per step, the result is the same."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, float("-inf"))
 
 
 def write_kv(
