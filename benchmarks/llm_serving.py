@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -136,7 +137,17 @@ def hf_baselines(weights: Path, plan: Plan) -> dict[str, float]:
 @contextlib.contextmanager
 def server(repo: Path, state: Path) -> Iterator[str]:
     exe = ROOT / ".venv" / "bin" / "inferd"
-    cmd = [str(exe), "serve", "--model-repository", str(repo), "--http-port", "0", "--grpc-port", "0"]
+    cmd = [
+        str(exe),
+        "serve",
+        "--model-repository",
+        str(repo),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--no-auth",
+    ]
     cmd += ["--state-dir", str(state), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
@@ -184,10 +195,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, shorter prefix-case outputs")
     parser.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
+    parser.add_argument("--note", action="append", default=[], help="a paragraph to add to the results")
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan()
     started, t0 = datetime.now(UTC), time.perf_counter()
     load_avg = os.getloadavg()[0]
+    others = ForeignCpu()
     with tempfile.TemporaryDirectory(prefix="inferd-llm-bench-") as tmp:
         weights = Path(tmp) / "weights"
         print("building the model ...", flush=True)
@@ -215,7 +228,7 @@ def main() -> int:
         with server(repo_off, Path(tmp) / "state-off") as url:
             runs["prefix_off"] = load(url, off, seed=3, **prefix)
     wall = time.perf_counter() - t0
-    section = report(plan, args.quick, hf, runs, started, wall, load_avg)
+    section = report(plan, args.quick, hf, runs, started, wall, load_avg, others.seconds(), args.note)
     print(section)
     if not args.no_write:
         update_results(section)
@@ -224,7 +237,7 @@ def main() -> int:
 
 def report(
     plan: Plan, quick: bool, hf: dict[str, float], runs: dict[str, dict[str, Any]], started: datetime,
-    wall: float, load_avg: float,
+    wall: float, load_avg: float, foreign_cpu_s: float, notes: list[str],
 ) -> str:  # fmt: skip
     import torch
     import transformers
@@ -247,7 +260,9 @@ def report(
         f"Command: `{cmd}`, {started:%Y-%m-%d %H:%M} UTC, wall time {wall:.0f} s.",
         "",
         f"Machine: {os.cpu_count()} CPUs ({_cpu_name()}), shared by the "
-        f"client and the server (1-minute load average before the run: {load_avg:.2f}). "
+        f"client and the server (1-minute load average before the run: {load_avg:.2f}; processes outside "
+        f"this benchmark used {foreign_cpu_s:.0f} CPU-seconds during its {wall:.0f} s, "
+        f"{foreign_cpu_s / wall * 100:.0f}% of one core). "
         f"Python {platform.python_version()}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}.",
         "",
@@ -291,8 +306,57 @@ def report(
         lines.append(f"| {label} | {value:.2f} | {target} | {met} |")
     if quick:
         lines += ["", "`--quick`: fewer requests and shorter outputs in the prefix case than the full run."]
+    for note in notes:
+        lines += ["", note]
     lines.append(END)
     return "\n".join(lines)
+
+
+class ForeignCpu:
+    """CPU time used by processes outside this benchmark's process tree while it runs (Linux /proc, sampled
+    every second by a thread): other work on a 2-core machine moves every number here, so the report says
+    how much there was."""
+
+    def __init__(self, period_s: float = 1.0) -> None:
+        self._total = 0
+        self._last = self._ticks()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(period_s,), daemon=True)
+        self._thread.start()
+
+    def seconds(self) -> float:
+        """Stop sampling; the foreign CPU-seconds since construction."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return self._total / os.sysconf("SC_CLK_TCK")
+
+    def _run(self, period_s: float) -> None:
+        while not self._stop.wait(period_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        now = self._ticks()
+        mine, grew = {os.getpid()}, True
+        while grew:
+            new = {pid for pid, (ppid, _) in now.items() if ppid in mine} - mine
+            mine |= new
+            grew = bool(new)
+        for pid, (_, ticks) in now.items():
+            if pid not in mine:
+                self._total += max(0, ticks - self._last.get(pid, (0, 0))[1])
+        self._last = now
+
+    @staticmethod
+    def _ticks() -> dict[int, tuple[int, int]]:
+        """pid -> (parent pid, user + system ticks)."""
+        out: dict[int, tuple[int, int]] = {}
+        for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+            if entry.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                    out[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        return out
 
 
 def _cpu_name() -> str:
