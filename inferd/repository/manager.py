@@ -29,7 +29,7 @@ from inferd.repository.llm_version import LLMVersion
 from inferd.repository.model_config import CONFIG_FILE, ModelConfig, configured_runtime, load_model_config
 from inferd.repository.model_version import ModelVersion, warmup
 from inferd.runtimes.base import Runtime
-from inferd.runtimes.llm import LLMModelConfig, load_llm_version
+from inferd.runtimes.llm import LLMModelConfig, load_llm_versions
 from inferd.runtimes.onnx import OnnxRuntime
 
 log = logging.getLogger("inferd.repository")
@@ -302,19 +302,17 @@ class ModelManager:
         selected = config.version_policy.select(present)
         if not selected:
             raise ModelLoadError(f"model {model_dir.name!r}: no version folder selected (present: {present})")
-        loaded: dict[str, _Loaded] = {}
-        for number in selected:
-            version_dir = model_dir.path / str(number)
-            sha = discovery.version_sha256(version_dir)
-            try:
-                loaded[str(number)] = load_llm_version(
-                    model_dir.name, str(number), sha, version_dir, config, self._metrics
-                )
-            except ModelLoadError:
-                raise
-            except Exception as exc:  # a model must never take the server down with it
-                raise ModelLoadError(f"version {number}: {type(exc).__name__}: {exc}") from None
-        return loaded
+        versions = [
+            (str(n), discovery.version_sha256(model_dir.path / str(n)), model_dir.path / str(n))
+            for n in selected
+        ]
+        try:
+            # All selected versions or none: a failure stops the engines already started.
+            return dict(load_llm_versions(model_dir.name, versions, config, self._metrics))
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # a model must never take the server down with it
+            raise ModelLoadError(f"{type(exc).__name__}: {exc}") from None
 
     # -- faults --------------------------------------------------------------------------------------
 
