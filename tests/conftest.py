@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -14,6 +16,21 @@ from inferd.config import ServerConfig
 from inferd.repository.manager import RuntimeLoader
 from inferd.server.app import InferdServer
 from tests.models import build_repository
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], deadline_s: float = 20.0) -> T:
+    """Poll `check` until it returns without an AssertionError (state the server reaches without the client
+    waiting for it: audit entries committed with the next group, cancelled work, freed slots)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > end:
+                raise
+        time.sleep(0.01)
 
 
 @dataclass

@@ -11,12 +11,11 @@ the database files and every log record of the package for them.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -36,7 +35,6 @@ torch.set_num_threads(1)
 transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
 
-T = TypeVar("T")
 LLM = "alpha-llm"
 IDENTITY = "alpha-id"
 EMBED = "alpha-embed"
@@ -127,19 +125,6 @@ class Admin:
         params = {"tenant": tenant, **({"action": action} if action else {})}
         result: list[dict[str, Any]] = self.call("GET", "/audit", params=params)
         return result
-
-
-def eventually(check: Callable[[], T], deadline_s: float = 20.0) -> T:
-    """Poll `check` until it returns without an AssertionError (what the server writes without waiting:
-    audit entries of refusals and admin actions, committed with the writer's next group)."""
-    end = time.monotonic() + deadline_s
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > end:
-                raise
-        time.sleep(0.02)
 
 
 def metric(governed: Governed, sample: str, **labels: str) -> float | None:

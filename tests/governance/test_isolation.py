@@ -20,6 +20,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from tests.conftest import eventually
 from tests.governance.conftest import (
     EMBED,
     IDENTITY,
@@ -29,7 +30,6 @@ from tests.governance.conftest import (
     PROMPT,
     Governed,
     bearer,
-    eventually,
     metric,
 )
 

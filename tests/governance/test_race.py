@@ -16,7 +16,8 @@ import pytest
 
 from inferd.gateway.budgets import ZERO, Amount
 from inferd.store.records import MICROS
-from tests.governance.conftest import CHAT_PROMPT_TOKENS, LLM, MESSAGES, Governed, bearer, eventually, metric
+from tests.conftest import eventually
+from tests.governance.conftest import CHAT_PROMPT_TOKENS, LLM, MESSAGES, Governed, bearer, metric
 
 MAX_TOKENS = 16
 RESERVATION = CHAT_PROMPT_TOKENS + MAX_TOKENS

@@ -4,11 +4,10 @@ over both through the runtime seam (`InferdServer(config, loaders=...)`)."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from onnx import TensorProto
 
@@ -19,12 +18,11 @@ from inferd.repository.model_config import ModelConfig
 from inferd.runtimes.base import ModelSignature, Runtime
 from inferd.runtimes.onnx import OnnxRuntime
 from inferd.tensors import Array, TensorSpec
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, eventually, start_server
 
 FP32 = BY_NAME["FP32"]
 HEALTHY = "healthy"
 """A real ONNX identity model (FP32 [-1, 4], input `input`) served beside the steered ones."""
-T = TypeVar("T")
 
 Mode = Literal["ok", "raise", "hang", "oom"]
 
@@ -112,18 +110,6 @@ def serve(repo: Repo, state: Path, **config: Any) -> Iterator[RunningServer]:
         for runtimes in repo.steered.values():
             for runtime in runtimes:
                 runtime.unload()
-
-
-def eventually(check: Callable[[], T], timeout_s: float = 15.0) -> T:
-    """Poll `check` until it returns without AssertionError."""
-    end = time.monotonic() + timeout_s
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > end:
-                raise
-        time.sleep(0.005)
 
 
 def v2_body(first: float, rows: int = 1) -> dict[str, Any]:

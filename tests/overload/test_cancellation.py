@@ -14,8 +14,8 @@ import httpx
 import orjson
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from tests.conftest import RunningServer
-from tests.overload.helpers import Repo, Steered, eventually, serve, v2_body, wait_in_flight
+from tests.conftest import RunningServer, eventually
+from tests.overload.helpers import Repo, Steered, serve, v2_body, wait_in_flight
 
 
 def one_row() -> Steered:

@@ -31,12 +31,11 @@ from inferd.generation import GenerateRequest
 from inferd.metrics.registry import Metrics
 from inferd.qos import Deadline
 from inferd.repository.llm_version import LLMVersion
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, eventually, start_server
 from tests.engine.helpers import make_scheduler
 from tests.engine.test_detokenizer import tokenizer
 from tests.engine_torch.models import build_tiny_model
 from tests.openai.conftest import SPECIALS, WORDS, build_tokenizer
-from tests.overload.helpers import eventually
 
 LONG = {"prompt": "ka lo mi nu", "max_tokens": 3000, "ignore_eos": True, "temperature": 0}
 """A generation that runs for seconds on the tiny model."""
