@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
+from inferd.batching.drain_rate import DrainRate
 from inferd.batching.queue import BatchPolicy, BatchQueue, QueuedItem
 from inferd.errors import DeadlineExceeded, ExecutionFailed, InferdError, NotReady, QueueFull
 
@@ -64,6 +65,7 @@ class DynamicBatcher(Generic[P, R]):
         self._on_expired = on_expired
         self._executing = 0
         self.drain_rate = DrainRate()
+        """Requests completed per second of execution (for Retry-After)."""
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_loop())
 
     @property
@@ -207,7 +209,8 @@ class DynamicBatcher(Generic[P, R]):
         except Exception as exc:  # the runtime's own failure: fail this batch only
             outcome = ExecutionFailed(f"{type(exc).__name__}: {exc}")
         finally:
-            self.drain_rate.record(len(batch), self._clock() - started, self._busy)
+            # Batches running side by side each drain at their own pace: busy time is shared between them.
+            self.drain_rate.record((self._clock() - started) / max(self._busy, 1), len(batch))
             self._executing -= len(batch)
             self._busy -= 1
         # Start the next batch before this one's responses are processed: the runtime must not idle while
@@ -222,27 +225,3 @@ class DynamicBatcher(Generic[P, R]):
                 fut.set_exception(outcome)
             else:
                 fut.set_result(outcome[i])
-
-
-class DrainRate:
-    """Exponentially averaged requests completed per second, for Retry-After: how long the requests ahead
-    of a refused one need to drain."""
-
-    def __init__(self, weight: float = 0.2) -> None:
-        self._weight = weight
-        self._rate = 0.0
-
-    @property
-    def per_second(self) -> float:
-        """The current estimate (0 before the first measurement)."""
-        return self._rate
-
-    def record(self, requests: int, seconds: float, parallel: int = 1) -> None:
-        """`requests` completed in `seconds` while `parallel` executions ran side by side."""
-        rate = requests * max(parallel, 1) / max(seconds, 1e-6)
-        self._rate = rate if self._rate == 0 else (1 - self._weight) * self._rate + self._weight * rate
-
-    def seconds_to_drain(self, ahead: int) -> float:
-        if self._rate <= 0:
-            return 1.0
-        return max(ahead / self._rate, 0.001)

@@ -56,6 +56,11 @@ class SchedulerConfig:
     max_waiting_tokens: int | None = None
     """Most tokens the waiting requests may have to compute before new requests are refused with QueueFull
     (None: no bound). A request that finds the queue empty is always queued."""
+    max_queue_wait_ms: float | None = None
+    """Longest time a new request is expected to wait before it is scheduled: the requests and tokens ahead
+    of it over the rate the waiting queue drains (measured while it is not empty). Beyond it new requests are
+    refused with QueueFull (None: no bound). Admitted latency is then at most about this wait plus the
+    service time at a full batch; until the queue first drained only the count bounds apply."""
     preempt_for_waiting: bool = True
     """A waiting request that finds no free slot or blocks may preempt a running request of a less important
     tier, or of a same-tier tenant that runs more requests (by weight) than the waiting one's tenant and has
@@ -78,6 +83,9 @@ class SchedulerConfig:
             raise ValueError("max_waiting_requests must be >= 0")
         if self.max_waiting_tokens is not None and self.max_waiting_tokens < 0:
             raise ValueError("max_waiting_tokens must be >= 0")
+        wait = self.max_queue_wait_ms
+        if wait is not None and not (math.isfinite(wait) and wait > 0):
+            raise ValueError("max_queue_wait_ms must be a finite number > 0 (null: no bound)")
 
     @property
     def prefill_token_budget(self) -> int:

@@ -15,8 +15,9 @@ likewise preempt a running request of a less important tier, or one of a tenant 
 (`SchedulerConfig.preempt_for_waiting`). Admission refuses any request that could not finish even alone in
 the cache, so the request first in policy order can always progress: no crash, no deadlock.
 
-Admission control: `add_request` refuses with QueueFull when the waiting queue is at its bounds, with a
-Retry-After from the measured drain rate (`inferd/engine/admission.py`). Requests still without a token at
+Admission control: `add_request` refuses with QueueFull when the waiting queue is at its bounds or a new
+request's expected wait passes `max_queue_wait_ms`, with a Retry-After from the measured drain rate
+(`inferd/engine/admission.py`). Requests still without a token at
 their deadline are dropped at the next step (`take_expired`).
 
 Not thread-safe: one engine loop calls `add_request`, `schedule`, `update_from_output` (for each output
@@ -33,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from inferd.engine.admission import DrainRate, check_admission
+from inferd.engine.admission import DrainRate, QueueLoad, check_admission
 from inferd.engine.block_pool import KVBlock
 from inferd.engine.config import EngineConfig, SchedulerConfig
 from inferd.engine.errors import ContextLengthExceeded, KVCacheTooSmall
@@ -181,18 +182,14 @@ class Scheduler:
         self, num_requests: int, num_tokens: int, *, pending_requests: int = 0, pending_tokens: int = 0
     ) -> None:
         """Raise QueueFull if `num_requests` more requests holding `num_tokens` prompt tokens do not fit in
-        the waiting queue, besides `pending_*` that are on their way to it (as many as there are free slots
-        will start at the next step rather than wait). Only reads: another thread may call it to refuse
-        early."""
+        the waiting queue, or would wait past `max_queue_wait_ms`, besides `pending_*` that are on their way
+        to it (as many as there are free slots will start at the next step rather than wait). Only reads:
+        another thread may call it to refuse early."""
         free_slots = max(0, self.config.max_num_seqs - len(self._running))
-        check_admission(
-            self.config,
-            self.drain_rate,
-            waiting_requests=max(0, len(self._waiting) + pending_requests - free_slots),
-            waiting_tokens=self._waiting.num_tokens + pending_tokens,
-            num_requests=num_requests,
-            num_tokens=num_tokens,
+        load = QueueLoad(
+            len(self._waiting) + pending_requests, self._waiting.num_tokens + pending_tokens, free_slots
         )
+        check_admission(self.config, self.drain_rate, load, num_requests=num_requests, num_tokens=num_tokens)
 
     def take_expired(self) -> list[str]:
         """Ids of the requests dropped since the last call because their deadline passed."""

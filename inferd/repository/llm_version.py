@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
-from inferd.batching.batcher import DrainRate
+from inferd.batching.drain_rate import DrainRate
 from inferd.engine.async_engine import AsyncLLMEngine, RequestStream
 from inferd.engine.chat_template import ChatTemplate
 from inferd.engine.outputs import SchedulerStats
@@ -285,7 +285,7 @@ class _MeteredStream:
         m.e2e_request_latency.labels(*labels).observe(elapsed)
         m.prompt_tokens.labels(*labels).inc(len(self.prompt_token_ids))
         engine = self._version._engine
-        self._version.drain_rate.record(1, elapsed, (engine.num_open_streams if engine else 0) + 1)
+        self._version.drain_rate.record(elapsed / ((engine.num_open_streams if engine else 0) + 1), 1)
 
     async def aclose(self) -> None:
         self._version._open.discard(self._inner)

@@ -49,6 +49,10 @@ class LLMModelConfig:
     the measured drain rate). null: no bound."""
     max_waiting_tokens: int | None = None
     """Most prompt tokens waiting for the engine, likewise (null: no bound)."""
+    max_queue_wait_ms: float | None = None
+    """Longest a new request is expected to wait for the engine (requests and tokens ahead of it over the
+    measured drain rate); beyond it new ones are refused at once, likewise (null: no bound). Admitted
+    latency is then about this wait plus the service time at a full batch of `max_num_seqs`."""
     max_prefill_share: float = 1.0
     """Share of a step's token budget prompt chunks may take while other requests decode or wait, so a long
     prompt cannot hold up short ones (1 = no cap; decodes always get into every step)."""
@@ -109,6 +113,7 @@ class LLMModelConfig:
                 max_prefill_share=self.max_prefill_share,
                 max_waiting_requests=self.max_waiting_requests,
                 max_waiting_tokens=self.max_waiting_tokens,
+                max_queue_wait_ms=self.max_queue_wait_ms,
                 preempt_for_waiting=self.preempt_for_waiting,
                 fairness=FairnessConfig(tenant_weights=dict(self.tenant_weights)),
             ),

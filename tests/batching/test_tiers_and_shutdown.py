@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inferd.batching.batcher import DrainRate, DynamicBatcher
+from inferd.batching.batcher import DynamicBatcher
 from inferd.batching.queue import BatchPolicy, BatchQueue, QueuedItem
 from inferd.errors import NotReady
 
@@ -86,15 +86,3 @@ async def test_fail_fails_queued_and_optionally_running_requests() -> None:
         else:
             assert await executing == 1
         await batcher.close()  # returns at once after fail
-
-
-def test_drain_rate_counts_parallel_executions() -> None:
-    rate = DrainRate()
-    assert rate.seconds_to_drain(10) == 1.0, "no measurement yet: one second"
-    rate.record(4, 2.0)  # 2 per second
-    assert rate.seconds_to_drain(10) == pytest.approx(5.0)
-    rate = DrainRate()
-    rate.record(4, 2.0, parallel=2)  # two slots side by side: 4 per second
-    assert rate.per_second == pytest.approx(4.0)
-    rate.record(8, 2.0, parallel=2)  # 8 per second, weighted in
-    assert rate.per_second == pytest.approx(0.8 * 4.0 + 0.2 * 8.0)

@@ -35,6 +35,7 @@ def make_scheduler(
     policy: SchedulingPolicy | None = None,
     max_waiting_requests: int | None = None,
     max_waiting_tokens: int | None = None,
+    max_queue_wait_ms: float | None = None,
     preempt_for_waiting: bool = True,
     tenant_weights: dict[str, float] | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -47,6 +48,7 @@ def make_scheduler(
         max_prefill_share=max_prefill_share,
         max_waiting_requests=max_waiting_requests,
         max_waiting_tokens=max_waiting_tokens,
+        max_queue_wait_ms=max_queue_wait_ms,
         preempt_for_waiting=preempt_for_waiting,
         fairness=FairnessConfig(tenant_weights=tenant_weights or {}),
     )

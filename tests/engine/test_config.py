@@ -48,6 +48,9 @@ def test_too_little_memory_is_a_load_error() -> None:
         {"long_prefill_token_threshold": -1},
         {"max_prefill_share": 0.0},
         {"max_prefill_share": 1.5},
+        {"max_queue_wait_ms": 0.0},
+        {"max_queue_wait_ms": -5.0},
+        {"max_queue_wait_ms": float("inf")},
     ],
 )
 def test_invalid_scheduler_config(kwargs: dict[str, float]) -> None:

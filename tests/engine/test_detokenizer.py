@@ -74,6 +74,11 @@ def test_llm_config_rejects_unknown_keys(tmp_path: Path) -> None:
     path.write_text("runtime: llm\nmax_batch_size: 4\n")
     with pytest.raises(ConfigError, match="max_batch_size"):
         parse(LLMModelConfig, load_yaml(path), "m/config.yaml")
+    path.write_text("runtime: llm\nmax_queue_wait_ms: 40\n")
+    assert parse(LLMModelConfig, load_yaml(path), "m").engine_config().scheduler.max_queue_wait_ms == 40
+    path.write_text("runtime: llm\nmax_queue_wait_ms: 0\n")
+    with pytest.raises(ConfigError, match="max_queue_wait_ms must be"):
+        parse(LLMModelConfig, load_yaml(path), "m/config.yaml")
     path.write_text("runtime: llm\ndtype: int8\n")
     with pytest.raises(ConfigError, match="int8"):
         parse(LLMModelConfig, load_yaml(path), "m/config.yaml")
