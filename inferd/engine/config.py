@@ -65,6 +65,11 @@ class SchedulerConfig:
     """A waiting request that finds no free slot or blocks may preempt a running request of a less important
     tier, or of a same-tier tenant that runs more requests (by weight) than the waiting one's tenant and has
     received at least as much service: interactive work and starved tenants start within a step."""
+    start_alone: bool = True
+    """A waiting request whose tenant runs nothing, and which fair order puts before every running request
+    (a tenant that was not served while another floods), starts in a step of its own, up to the prefill
+    share of the budget: the running requests skip that step (never two in a row), so its time to first
+    token is a light step instead of one carrying the other tenants' full batch."""
     fairness: FairnessConfig = field(default_factory=FairnessConfig)
     """How service is shared between tenants."""
 

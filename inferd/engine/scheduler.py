@@ -7,6 +7,9 @@ budget remain (a long prompt is prefilled in chunks over several steps). A waiti
 prefix-cache hit, or from a sibling sample's prompt blocks; admission stops at the first one that does not
 fit, so a large request is not starved by smaller ones behind it. While other requests decode or wait,
 prefill tokens take at most `max_prefill_share` of the step, so a long prompt cannot hold up short ones.
+With `start_alone`, a waiting request of a tenant that runs nothing, and that fair order puts before every
+running request, starts in a step of its own (running requests skip it, never two steps in a row): its time
+to first token is one light step, not a step carrying the flooding tenant's batch.
 
 When a running request needs a block and none is free, the policy picks a victim among the running requests
 not yet scheduled this step and the request itself; the victim's blocks are freed and it waits again, to
@@ -120,6 +123,8 @@ class Scheduler:
         self._num_deadlines = 0
         self._expired: list[str] = []
         self._tags: tuple[str, float | None] | None = None
+        self._solo_last = False
+        """Whether the last step started a request alone (running requests skipped it)."""
         if kv_cache.capacity_tokens + 1 < config.max_model_len:
             logger.warning(
                 "KV cache holds %d tokens, less than max_model_len %d: requests that could grow past it are "
@@ -260,6 +265,14 @@ class Scheduler:
         plan = _Plan(budget, self.config.prefill_token_budget if contended else budget)
         load = Counter(r.tenant for r in order)
         head, head_tokens = self._waiting_head(plan, load)
+        solo_last, self._solo_last = self._solo_last, False
+        if head is not None and not solo_last and self._starts_alone(head, order, load):
+            alone = _Plan(budget, self.config.prefill_token_budget)
+            self._admit(alone, only_tenant=head.tenant)
+            if alone.starting:
+                self._solo_last = True
+                return self._finish_plan(alone)
+            plan.preempted = alone.preempted
         yielded: list[EngineRequest] = []
 
         for i, request in enumerate(order):
@@ -292,19 +305,30 @@ class Scheduler:
         if not plan.preempted:
             self._admit(plan)
         self._top_up(yielded, plan)
+        return self._finish_plan(plan)
+
+    def _finish_plan(self, plan: _Plan) -> SchedulerOutput:
         self._backlogged = len(self._waiting) > 0
         for rid, (request, _, _) in plan.continuing.items():
             self.fair_share.charge(request, request.num_computed_tokens, plan.num_scheduled[rid])
         return self._build_output(plan)
 
-    def _admit(self, plan: _Plan) -> None:
+    def _starts_alone(self, head: EngineRequest, running: list[EngineRequest], load: Counter[str]) -> bool:
+        """Whether the waiting head starts in a step of its own: its tenant runs nothing and fair order puts
+        it before every running request (`SchedulerConfig.start_alone`)."""
+        if not self.config.start_alone or not running or load[head.tenant]:
+            return False
+        rank = self._rank(head, load)
+        return all(rank < self._rank(r, load) for r in running)
+
+    def _admit(self, plan: _Plan, only_tenant: str | None = None) -> None:
         kv, fair = self.kv_cache, self.fair_share
         load = Counter(r.tenant for r in self._running)
         no_slot: set[str] = set()  # tenants whose head found no slot and could not make one; others may
         for request in self._waiting.fair_order(lambda t: (fair.counter(t), load[t] / fair.weight(t))):
             if plan.budget == 0:
                 break
-            if request.tenant in no_slot:
+            if request.tenant in no_slot or (only_tenant is not None and request.tenant != only_tenant):
                 continue
             hit = self._starting_blocks(request)
             if hit is None:  # waits for a sibling sample to compute the shared prompt

@@ -134,18 +134,23 @@ def test_a_starved_tenant_preempts_the_flooding_one_within_a_step() -> None:
     d = Driver(s)
     for _ in range(3):
         d.step()
-    for k in range(2):
-        s.add_request(make_request(f"b{k}", 6, max_tokens=4, tenant="b"))
-        out = d.step()
-        assert f"b{k}" in out.num_scheduled_tokens
-        assert len(out.preempted_request_ids) == 1 and next(iter(out.preempted_request_ids))[0] == "a"
+    s.add_request(make_request("b0", 6, max_tokens=4, tenant="b"))
+    out = d.step()  # b runs nothing: b0 starts alone (start_alone), in a slot taken from a
+    assert set(out.num_scheduled_tokens) == {"b0"}
+    assert len(out.preempted_request_ids) == 1 and next(iter(out.preempted_request_ids))[0] == "a"
+    s.add_request(make_request("b1", 6, max_tokens=4, tenant="b"))
+    # b got a step's service that a did not: b1 preempts a once a has caught up, a step later.
+    outs = [d.step(), d.step()]
+    assert "b1" in outs[1].num_scheduled_tokens
+    preempted = [rid for out in outs for rid in out.preempted_request_ids]
+    assert len(preempted) == 1 and preempted[0][0] == "a"
     # Two each: b has its share, and its third request waits for a slot rather than preempt.
     s.add_request(make_request("b2", 6, max_tokens=4, tenant="b"))
     out = d.step()
     assert "b2" not in out.num_scheduled_tokens and not out.preempted_request_ids
     d.run()
     assert first_step(d, "b2") <= len(d.outputs) - 1
-    assert s.num_preemptions == 2
+    assert s.num_preemptions == 3  # b2, once b runs nothing, starts alone in a slot taken from a
     assert all(len(d.tokens[f"a{i}"]) == 30 for i in range(40))
 
 

@@ -1,5 +1,7 @@
 """Acceptance: tenant a keeps 64 long requests queued while tenant b sends one request at a time; b's
-requests start in the step after they are queued, and its TTFT stays close to what it is on an idle engine.
+requests start in the step after they are queued, alone in that step (none of a's batch beside them), so
+b's TTFT stays close to what it is on an idle engine: wall-clock numbers are printed here and measured in
+`benchmarks/overload.py --only fairness` (no timing assertions in tests).
 
 Through the engine loop (`AsyncLLMEngine`) over the real tiny model: the gateway does not pass tenants to the
 engine yet. The same request sent as tenant a instead waits behind a's whole queue (the contrast).
@@ -109,11 +111,13 @@ async def test_a_flooding_tenant_does_not_delay_another(engine: AsyncLLMEngine) 
     b_ids = [next(r for r in log.added if r.startswith(f"b{i}-")) for i in range(10)]
     waits = [log.steps_waited(rid) for rid in b_ids]
     assert waits == [0] * 10, f"b's requests waited {waits} steps"
+    # What bounds b's TTFT by wall clock: its first step carries its prompt alone, none of a's batch, so
+    # b waits at most for the step in progress plus one step as light as on an idle engine (the ratio is
+    # measured by `benchmarks/overload.py --only fairness`, results in benchmarks/RESULTS.md).
+    first = [sorted(log.first_step(rid).scheduled) for rid in b_ids]
+    assert first == [[rid] for rid in b_ids], f"b's first steps also carried {first}"
     probe = next(r for r in log.added if r.startswith("a-probe-"))
     assert log.steps_waited(probe) > 20
-    # Wall clock, robust to noise: p90 against idle with a margin for a busy machine, and far below FCFS.
-    assert percentile(loaded, 0.9) <= 2 * percentile(idle, 0.9) + 0.010
-    assert percentile(loaded, 0.9) < contrast / 3
     print(
         f"\nb's TTFT: idle p50 {percentile(idle, 0.5) * 1000:.1f} ms "
         f"p90 {percentile(idle, 0.9) * 1000:.1f} ms; "
