@@ -19,14 +19,18 @@ in this process, on the same 2 cores as the server. Rewrites the `overload` sect
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import gc
 import json
+import math
 import os
 import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +99,7 @@ dtype: float32
 max_model_len: 256
 max_num_seqs: 8
 max_num_batched_tokens: 512
-max_waiting_requests: 8
+max_queue_wait_ms: 40
 """
 
 
@@ -123,6 +127,21 @@ class Case:
         ]  # fmt: skip
 
 
+@contextlib.contextmanager
+def client_gc_paused() -> Iterator[None]:
+    """No garbage collection in this process (the load generator) while it measures: a full collection of
+    its heap (torch, onnx, the outcomes of tens of thousands of requests) stops its event loop for 50-100 ms,
+    and every request in flight then carries the pause in its latency, though the server answered in time."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -148,8 +167,9 @@ def run_tensor(server: Running, seconds: float) -> Case:
           flush=True)  # fmt: skip
     rss_before = rss_mb(server.proc.pid)
     rate = capacity * MULTIPLIER
-    loud = samples(_replace(base, rate=rate, duration_s=seconds, keep_samples=True, check_first=False,
-                            max_connections=1024))  # fmt: skip
+    with client_gc_paused():
+        loud = samples(_replace(base, rate=rate, duration_s=seconds, keep_samples=True, check_first=False,
+                                max_connections=1024))  # fmt: skip
     overload = step_report(MULTIPLIER, rate, seconds, loud, ProfileOptions())
     return Case("tensor (fixedcost)", unloaded, capacity, overload, rss_before, rss_mb(server.proc.pid),
                 fivexx(overload))  # fmt: skip
@@ -171,19 +191,124 @@ def run_llm(server: Running, seconds: float) -> Case:
     rss_before = rss_mb(server.proc.pid)
     rate = capacity * MULTIPLIER
     count = max(1, round(rate * seconds))
-    loud = samples(_replace(base, rate=rate, num_requests=count, warmup_requests=0, seed=7))
+    with client_gc_paused():
+        loud = samples(_replace(base, rate=rate, num_requests=count, warmup_requests=0, seed=7))
     overload = step_report(MULTIPLIER, rate, seconds, loud, ProfileOptions())
     return Case("LLM (random-llama)", unloaded, capacity, overload, rss_before, rss_mb(server.proc.pid),
                 fivexx(overload))  # fmt: skip
+
+
+FAIR_A_IN_FLIGHT = 64
+FAIR_A_PROMPT, FAIR_A_OUTPUT = 192, 24
+FAIR_B_PROMPT, FAIR_B_OUTPUT = 16, 2
+FAIR_TTFT_FACTOR = 2.0
+
+
+@dataclass
+class Fairness:
+    idle_ms: list[float]
+    loaded_ms: list[float]
+    a_tokens_per_s: float
+    config: str
+
+    def checks(self) -> list[tuple[str, str, str, bool]]:
+        idle, loaded = _pct(self.idle_ms, 0.99), _pct(self.loaded_ms, 0.99)
+        return [("B's TTFT p99 loaded / idle", f"{loaded / idle:.2f}", f"≤ {FAIR_TTFT_FACTOR:g}",
+                 loaded <= FAIR_TTFT_FACTOR * idle)]  # fmt: skip
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run_fairness(model_dir: Path, b_requests: int, b_interval_s: float) -> Fairness:
+    """Tenant a keeps 64 long requests in flight (192 prompt, 24 output tokens, each replaced as soon as it
+    ends) while tenant b sends one short request (16 prompt tokens) every `b_interval_s`: b's time to first
+    token against the same request on the idle engine. Through the engine loop (`AsyncLLMEngine`, the
+    server's engine thread) in this process: the HTTP gateway passes no tenant with `--no-auth`."""
+    import asyncio
+
+    from inferd.engine import CacheConfig, EngineConfig, SamplingParams, SchedulerConfig
+    from inferd.engine.async_engine import AsyncLLMEngine
+    from inferd.engine.llm_engine import LLMEngine
+    from inferd.engine.tokenizer import Tokenizer
+
+    scheduler = SchedulerConfig(max_model_len=512, max_num_seqs=8, max_num_batched_tokens=64,
+                                max_prefill_share=0.5, long_prefill_token_threshold=16)  # fmt: skip
+    config = EngineConfig(scheduler, CacheConfig(num_blocks=1024))
+    rng = np.random.default_rng(3)
+
+    def prompt(length: int) -> list[int]:
+        return [int(t) for t in rng.integers(10, 400, length)]
+
+    async def ttft(engine: AsyncLLMEngine, rid: str) -> float:
+        start = time.perf_counter()
+        stream = await engine.generate(prompt(FAIR_B_PROMPT), SamplingParams(max_tokens=FAIR_B_OUTPUT,
+                                       ignore_eos=True), request_id=rid, tenant="b")  # fmt: skip
+        first = math.nan
+        async for _ in stream:
+            if math.isnan(first):
+                first = time.perf_counter() - start
+        return first * 1000
+
+    async def main() -> Fairness:
+        engine = AsyncLLMEngine(
+            None, Tokenizer.load(model_dir), build=lambda: LLMEngine.load(model_dir, config)
+        )
+        try:
+            for i in range(5):  # warm-up
+                await ttft(engine, f"warm{i}")
+            idle = []
+            for i in range(b_requests):
+                idle.append(await ttft(engine, f"idle{i}"))
+                await asyncio.sleep(b_interval_s / 4)
+            stop = asyncio.Event()
+            a_tokens = [0]
+
+            async def tenant_a(k: int) -> None:
+                n = 0
+                while not stop.is_set():
+                    params = SamplingParams(max_tokens=FAIR_A_OUTPUT, ignore_eos=True)
+                    stream = await engine.generate(prompt(FAIR_A_PROMPT), params, request_id=f"a{k}.{n}",
+                                                   tenant="a")  # fmt: skip
+                    async for chunk in stream:
+                        a_tokens[0] += len(chunk.token_ids)
+                    n += 1
+
+            flood = [asyncio.create_task(tenant_a(k)) for k in range(FAIR_A_IN_FLIGHT)]
+            sched = engine.engine.scheduler
+            while sched.num_waiting < FAIR_A_IN_FLIGHT - scheduler.max_num_seqs:
+                await asyncio.sleep(0.01)
+            loaded = []
+            started, tokens0 = time.perf_counter(), a_tokens[0]
+            for i in range(b_requests):
+                await asyncio.sleep(b_interval_s)
+                loaded.append(await ttft(engine, f"b{i}"))
+            a_rate = (a_tokens[0] - tokens0) / (time.perf_counter() - started)
+            stop.set()
+            for task in flood:
+                task.cancel()
+            await asyncio.gather(*flood, return_exceptions=True)
+        finally:
+            await asyncio.to_thread(engine.close)
+        described = (f"max_num_seqs {scheduler.max_num_seqs}, max_num_batched_tokens "
+                     f"{scheduler.max_num_batched_tokens}, max_prefill_share {scheduler.max_prefill_share}, "
+                     f"long_prefill_token_threshold {scheduler.long_prefill_token_threshold}")  # fmt: skip
+        return Fairness(idle, loaded, a_rate, described)
+
+    with client_gc_paused():
+        return asyncio.run(main())
 
 
 def _replace(opts: Any, **changes: Any) -> Any:
     return dataclasses.replace(opts, **changes)
 
 
-def report(cases: list[Case], args: argparse.Namespace, wall_s: float) -> str:
+def report(cases: list[Case], fair: Fairness | None, args: argparse.Namespace, wall_s: float) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python benchmarks/overload.py" + (" --quick" if args.quick else "")
+    cmd += f" --only {args.only}" if args.only else ""
     lines = [
         f"## Overload: {MULTIPLIER:g}x measured capacity",
         "",
@@ -205,9 +330,22 @@ def report(cases: list[Case], args: argparse.Namespace, wall_s: float) -> str:
             f"{c.rss_before_mb:.0f} → {c.rss_after_mb:.0f} |"
         )
     lines += ["", "| model | check | measured | target | met |", "|---|---|---|---|---|"]
-    for c in cases:
-        for check, measured, target, ok in c.checks():
-            lines.append(f"| {c.name} | {check} | {measured} | {target} | {'yes' if ok else 'no'} |")
+    checks = [(c.name, check) for c in cases for check in c.checks()]
+    checks += [("LLM fairness", check) for check in (fair.checks() if fair is not None else [])]
+    for name, (check, measured, target, ok) in checks:
+        lines.append(f"| {name} | {check} | {measured} | {target} | {'yes' if ok else 'no'} |")
+    if fair is not None:
+        i, b = fair.idle_ms, fair.loaded_ms
+        lines += [
+            "",
+            f"Fairness (random-llama, engine loop; {fair.config}): tenant a keeps {FAIR_A_IN_FLIGHT} "
+            "requests "
+            f"of {FAIR_A_PROMPT} prompt / {FAIR_A_OUTPUT} output tokens in flight; tenant b sends "
+            f"{len(b)} requests of {FAIR_B_PROMPT} prompt tokens, one every {args.b_interval:g} s. b's TTFT "
+            f"idle p50 / p99 {_pct(i, 0.5):.1f} / {_pct(i, 0.99):.1f} ms; while a floods "
+            f"{_pct(b, 0.5):.1f} / {_pct(b, 0.99):.1f} ms; a still generates {fair.a_tokens_per_s:.0f} "
+            "tokens/s.",
+        ]
     lines += [
         "",
         "Sent counts what the client managed to send: on 2 shared cores a Python client may fall short of "
@@ -222,10 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="15 s of overload instead of 60")
-    parser.add_argument("--only", choices=["tensor", "llm"], default=None)
+    parser.add_argument("--only", choices=["tensor", "llm", "fairness"], default=None)
     parser.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     args.seconds = 15.0 if args.quick else 60.0
+    args.b_interval, b_requests = (0.25, 12) if args.quick else (1.0, 30)
     started = time.monotonic()
     work = WORK / "overload"
     if work.exists():
@@ -239,15 +378,19 @@ def main(argv: list[str] | None = None) -> int:
         build_random_llama(repo / "random-llama" / "1")
         (repo / "random-llama" / "config.yaml").write_text(LLM_CONFIG)
     cases: list[Case] = []
-    server = start_inferd(repo, work / "state", work / "server.log")
-    try:
-        if args.only != "llm":
-            cases.append(run_tensor(server, args.seconds))
-        if args.only != "tensor":
-            cases.append(run_llm(server, args.seconds))
-    finally:
-        server.stop()
-    section = report(cases, args, time.monotonic() - started)
+    if args.only != "fairness":
+        server = start_inferd(repo, work / "state", work / "server.log")
+        try:
+            if args.only != "llm":
+                cases.append(run_tensor(server, args.seconds))
+            if args.only != "tensor":
+                cases.append(run_llm(server, args.seconds))
+        finally:
+            server.stop()
+    fair = None
+    if args.only in (None, "fairness"):
+        fair = run_fairness(repo / "random-llama" / "1", b_requests, args.b_interval)
+    section = report(cases, fair, args, time.monotonic() - started)
     print()
     print(section)
     print(json.dumps([c.overload.to_dict() for c in cases], allow_nan=True)[:2000])
