@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from inferd.errors import LimitState, Unauthenticated
+from inferd.gateway.ratelimit import Take, limit_states
 
 Protocol = Literal["http", "grpc", "openai"]
 
@@ -45,10 +46,16 @@ class CallContext:
     principal: Principal = ANONYMOUS
     auth_error: Unauthenticated | None = None
     """Why authentication failed; raised by the first gateway operation of the call."""
-    limits: dict[str, LimitState] = field(default_factory=dict)
-    """Rate-limit state after admission (`requests`, `tokens`), for `x-ratelimit-*` headers."""
+    limit_buckets: Sequence[Take] = ()
+    """The rate buckets the call was admitted against (their state goes into `x-ratelimit-*` headers)."""
+    admitted_at: float = 0.0
     cost_micros: int | None = None
     """The settled cost, once known (the `x-inferd-cost` header)."""
+
+    @property
+    def limits(self) -> dict[str, LimitState]:
+        """Rate-limit state after admission (`requests`, `tokens`), computed when a response needs it."""
+        return limit_states(self.limit_buckets, self.admitted_at) if self.limit_buckets else {}
 
     @property
     def workflow_header(self) -> str:

@@ -2,10 +2,10 @@
 
 The gateway asks it to `authenticate` a call's headers, `admit` a request with an upper bound of what it can
 use (rate limits, concurrency caps and budgets checked and reserved at once), and `settle` it with what it
-actually used: the reservation becomes settled usage, the request's ledger row (and audit entry) is
-committed by the group-commit writer, and only then does the caller answer the client. Nothing here touches
-the database on the request path except through that writer; configuration is read from an in-memory
-snapshot that a watcher refreshes when any process changes it.
+actually used: the reservation becomes settled usage and the request's ledger row (and audit entry) is
+appended to the store's journal, durable when `settle` returns, so the caller answers the client only after
+it. Nothing here touches the database on the request path; configuration is read from an in-memory snapshot
+that a watcher refreshes when any process changes it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Any, NoReturn
 
 from inferd.errors import (
     InferdError,
-    LimitState,
     QuotaExceeded,
     RateLimited,
     Unauthenticated,
@@ -33,11 +32,10 @@ from inferd.gateway import keys
 from inferd.gateway.budgets import Amount, BudgetBook, Refusal, Reservation, period_end, period_start
 from inferd.gateway.context import CallContext, Principal
 from inferd.gateway.policy import KeyPolicy, PolicySnapshot
-from inferd.gateway.ratelimit import Buckets, Concurrency, TokenBucket
+from inferd.gateway.ratelimit import Buckets, Concurrency, Take, TokenBucket, limit_states
 from inferd.metrics.registry import Metrics
 from inferd.store.records import MICROS, PERIODS, ApiKey, AuditEntry, Tenant, UsageRow
 from inferd.store.sqlite import SqliteStore
-from inferd.store.writer import LedgerWriter
 
 log = logging.getLogger("inferd.governance")
 
@@ -45,6 +43,10 @@ ADMIN_TENANT = "admin"
 ADMIN_KEY_FILE = "admin.key"
 IDEMPOTENCY_MEMORY = 100_000
 """Idempotency keys remembered (per server) to link retries to their first request."""
+
+
+class LedgerWriteFailed(RuntimeError):
+    """A settled request's ledger row could not be made durable (a full or failing disk)."""
 
 
 @dataclass(frozen=True)
@@ -85,15 +87,26 @@ class Lease:
     demand: Demand
     reservation: Reservation
     token_buckets: list[TokenBucket]
-    owners: list[str]
+    owners: tuple[str, ...]
     started: float
     retry_of: str = ""
     idempotency_key: str = ""
     settled: bool = False
 
 
-_Take = tuple[str, str, TokenBucket, int]
-"""(owner, `requests` or `tokens`, its bucket, amount)."""
+MAX_PLANS = 100_000
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What admitting one key's request checks: its and its tenant's concurrency caps and rate buckets."""
+
+    version: int
+    """The configuration snapshot it was resolved from."""
+    caps: tuple[tuple[str, int], ...]
+    checks: tuple[tuple[str, str, TokenBucket], ...]
+    """(owner, `requests` or `tokens`, bucket)."""
+    owners: tuple[str, ...]
 
 
 def status_of(exc: BaseException | None) -> str:
@@ -124,8 +137,9 @@ class Governance:
         self.book = BudgetBook()
         self.buckets = Buckets()
         self.concurrency = Concurrency()
-        self.writer = LedgerWriter(store.append_connection)
+        self.journal = store.open_journal()
         self._idempotency: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._plans: dict[str, _Plan] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._gauged: set[tuple[str, str]] = set()
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
@@ -172,12 +186,11 @@ class Governance:
         self.snapshot = PolicySnapshot.load(self.store)
 
     async def close(self) -> None:
-        """Stop watching and commit everything queued."""
+        """Stop watching; import the journal's last rows into the database and close it."""
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-        self.writer.close()
         self.store.close()
 
     # -- identity ------------------------------------------------------------------------------------
@@ -190,6 +203,12 @@ class Governance:
             raise Unauthenticated(
                 "missing API key: send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header"
             )
+        usable = self.snapshot.usable.get(keys.hash_key(presented))
+        if usable is not None:
+            expires = usable.key.expires_at
+            if expires is None or self.clock() < expires:
+                return usable.principal
+        # Refused (or expired): find out why, for the client's message and the audit log.
         key_id = keys.key_id_of(presented)
         record = self.snapshot.keys.get(key_id) if key_id else None
         if not keys.matches(presented, record.key_hash if record else None) or record is None:
@@ -237,28 +256,48 @@ class Governance:
             policy = KeyPolicy.of(key, tenant, self.snapshot.budgets.get(principal.tenant, ()))
         return policy
 
+    def _plan(self, principal: Principal, policy: KeyPolicy, now: float) -> _Plan:
+        """The key's checks, resolved once per configuration snapshot."""
+        plan = self._plans.get(principal.key_id)
+        if plan is None or plan.version != self.snapshot.version:
+            caps, checks = [], []
+            for owner, lim in policy.limits:
+                if lim.max_concurrent is not None:
+                    caps.append((owner, lim.max_concurrent))
+                if lim.rpm is not None:
+                    checks.append((owner, "requests", self.buckets.get(owner, "requests", lim.rpm, now)))
+                if lim.tpm is not None:
+                    checks.append((owner, "tokens", self.buckets.get(owner, "tokens", lim.tpm, now)))
+            owners = tuple(owner for owner, _ in policy.limits)
+            plan = _Plan(self.snapshot.version, tuple(caps), tuple(checks), owners)
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            self._plans[principal.key_id] = plan
+        return plan
+
     def admit(self, ctx: CallContext, model: str, version: str, demand: Demand, workflow: str) -> Lease:
         """Check every limit and budget and reserve `demand`, or raise RateLimited / QuotaExceeded
         (nothing is taken from any limit when one refuses)."""
         now = self.clock()
         principal = ctx.principal
         policy = self._policy(principal)
+        plan = self._plan(principal, policy, now)
         tokens = demand.tokens
-        owners = policy.limits
-        taken: list[_Take] = []  # what to take from which bucket once everything fits
-        for owner, lim in owners:
-            if lim.max_concurrent is not None and self.concurrency.current(owner) >= lim.max_concurrent:
+        concurrency = self.concurrency
+        for owner, cap in plan.caps:
+            if concurrency.current(owner) >= cap:
                 self._refuse(ctx, model, "concurrency")
                 raise RateLimited(
-                    f"too many concurrent requests for {_owner_words(owner)}: the limit is "
-                    f"{lim.max_concurrent}",
+                    f"too many concurrent requests for {_owner_words(owner)}: the limit is {cap}",
                     "concurrent_requests_exceeded",
                     1.0,
                 )
-            if lim.rpm is not None:
-                taken.append((owner, "requests", self.buckets.get(owner, "requests", lim.rpm, now), 1))
-            if lim.tpm is not None and tokens:
-                taken.append((owner, "tokens", self.buckets.get(owner, "tokens", lim.tpm, now), tokens))
+        # What to take from which bucket once everything fits (nothing from a tokens bucket for no tokens).
+        taken = [
+            (owner, kind, bucket, tokens if kind == "tokens" else 1)
+            for owner, kind, bucket in plan.checks
+            if tokens or kind == "requests"
+        ]
         for owner, kind, bucket, amount in taken:
             if not bucket.fits(amount, now):
                 self._rate_limited(ctx, model, owner, kind, bucket, amount, taken, now)
@@ -273,11 +312,15 @@ class Governance:
             if refusal is not None:
                 self._over_budget(ctx, model, workflow, refusal)
         # Everything fits: take.
-        for _, _, bucket, amount in taken:
+        token_buckets = []
+        for _, kind, bucket, amount in taken:
             bucket.take(amount, now)
-        for owner, _ in owners:
-            self.concurrency.enter(owner)
-        ctx.limits = _limit_states(taken, now)
+            if kind == "tokens":
+                token_buckets.append(bucket)
+        for owner in plan.owners:
+            concurrency.enter(owner)
+        ctx.limit_buckets = taken
+        ctx.admitted_at = now
         idempotency_key = ctx.headers.get("idempotency-key", "")[:256]
         reservation = self.book.reserve(principal.tenant, workflow, reserve, now)
         return Lease(
@@ -287,8 +330,8 @@ class Governance:
             workflow,
             demand,
             reservation,
-            [b for _, kind, b, _ in taken if kind == "tokens"],
-            [owner for owner, _ in owners],
+            token_buckets,
+            plan.owners,
             time.perf_counter(),
             self._retry_of(ctx, idempotency_key),
             idempotency_key,
@@ -302,7 +345,7 @@ class Governance:
         kind: str,
         bucket: TokenBucket,
         amount: int,
-        taken: list[_Take],
+        taken: list[Take],
         now: float,
     ) -> NoReturn:
         wait = bucket.wait_s(amount, now)
@@ -318,7 +361,7 @@ class Governance:
                 f"rate limit reached for {_owner_words(owner)}: {bucket.capacity} {kind} per minute; "
                 f"retry in {wait:.2f}s"
             )
-        raise RateLimited(message, f"{kind}_per_minute_exceeded", wait, _limit_states(taken, now))
+        raise RateLimited(message, f"{kind}_per_minute_exceeded", wait, limit_states(taken, now))
 
     def _over_budget(self, ctx: CallContext, model: str, workflow: str, refusal: Refusal) -> NoReturn:
         b = refusal.budget
@@ -373,16 +416,17 @@ class Governance:
 
     # -- settlement ----------------------------------------------------------------------------------
 
-    async def settle(
+    def settle(
         self,
         lease: Lease,
         consumed: Consumed,
         exc: BaseException | None,
         payload: Mapping[str, Any] | None = None,
     ) -> int:
-        """Settle the lease with what the request used and wait until its ledger row is durable; returns
-        the cost in micro-units. Limits and budgets are released before the first await, so a cancelled
-        caller (client gone) still frees them."""
+        """Settle the lease with what the request used and append its ledger row (durable when this
+        returns); returns the cost in micro-units. LedgerWriteFailed when the row could not be written
+        (the client must not see a response whose usage is not recorded); limits and budgets are settled
+        all the same."""
         if lease.settled:
             return 0
         lease.settled = True
@@ -440,7 +484,11 @@ class Governance:
                 detail["payload"] = payload.get("full", {})
             audit.append(AuditEntry(now, "inference", tenant, principal.key_id, lease.model, status,
                                     ctx.request_id, detail))  # fmt: skip
-        await self.writer.write([row], audit)
+        try:
+            self.journal.append((row,), audit)
+        except OSError as err:
+            log.error("usage ledger write failed for request %s: %s", ctx.request_id, err)
+            raise LedgerWriteFailed(f"usage ledger write failed: {err}") from None
         return cost
 
     def release(self, lease: Lease) -> None:
@@ -500,8 +548,11 @@ class Governance:
     # -- audit ---------------------------------------------------------------------------------------
 
     def audit(self, entry: AuditEntry) -> None:
-        """Append an audit entry nobody waits for (committed with the next group)."""
-        self.writer.write_nowait((), (entry,))
+        """Append an audit entry nobody waits for."""
+        try:
+            self.journal.append((), (entry,))
+        except OSError as err:
+            log.error("audit log write failed (%s): %s", entry.action, err)
 
     def budget_status(self, tenant: str) -> list[dict[str, Any]]:
         """Each budget of the tenant with its settled and in-flight usage now."""
@@ -524,16 +575,6 @@ class Governance:
                 }
             )
         return out
-
-
-def _limit_states(taken: list[_Take], now: float) -> dict[str, LimitState]:
-    """The tighter of the key's and the tenant's state per kind (what the headers report)."""
-    states: dict[str, LimitState] = {}
-    for _, kind, bucket, _ in taken:
-        state = bucket.state(now)
-        if kind not in states or state.remaining < states[kind].remaining:
-            states[kind] = state
-    return states
 
 
 def _owner_words(owner: str) -> str:

@@ -2,8 +2,10 @@
 
 A key reads `ik_<key id>_<secret>`: the key id (12 hex digits) is public and indexes the stored record; the
 secret (32 random bytes, URL-safe base64) never leaves the response that created the key. The store keeps
-only the SHA-256 of the whole key (a fast hash suffices for 256-bit random secrets), and a presented key is
-compared with `hmac.compare_digest`, also against a dummy hash when the key id is unknown.
+only the SHA-256 of the whole key (a fast hash suffices for 256-bit random secrets). The request path looks
+a presented key up by its SHA-256 (how long comparing two digests takes tells nothing about a key: finding
+a key from its digest is infeasible); a key that is not found is compared with its record by key id with
+`hmac.compare_digest`, also against a dummy hash when the key id is unknown, to say why it was refused.
 """
 
 from __future__ import annotations

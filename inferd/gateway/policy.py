@@ -52,6 +52,9 @@ class PolicySnapshot:
     prices: dict[str, Price] = field(default_factory=dict)
     policies: dict[str, KeyPolicy] = field(default_factory=dict)
     """Per key id, for keys whose tenant exists."""
+    usable: dict[str, KeyPolicy] = field(default_factory=dict)
+    """Per key hash, the keys that authenticate (neither they nor their tenant disabled; expiry is checked
+    per request): the request path finds a key by the SHA-256 of what it presents."""
 
     @classmethod
     def load(cls, store: SqliteStore) -> PolicySnapshot:
@@ -67,7 +70,11 @@ class PolicySnapshot:
             for k in keys.values()
             if k.tenant in tenants
         }
-        return cls(version, tenants, keys, by_tenant, {p.model: p for p in store.prices()}, policies)
+        usable = {
+            p.key.key_hash: p for p in policies.values() if not p.key.disabled and not p.tenant.disabled
+        }
+        prices = {p.model: p for p in store.prices()}
+        return cls(version, tenants, keys, by_tenant, prices, policies, usable)
 
     def price(self, model: str) -> Price:
         """The model's price, else the `*` default, else free."""

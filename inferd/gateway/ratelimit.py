@@ -8,6 +8,7 @@ takes nothing from the others.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from inferd.errors import LimitState
@@ -94,3 +95,17 @@ class Concurrency:
 
     def total(self) -> int:
         return sum(self._count.values())
+
+
+Take = tuple[str, str, TokenBucket, int]
+"""(owner, `requests` or `tokens`, its bucket, amount): one bucket a request is checked against."""
+
+
+def limit_states(taken: Sequence[Take], now: float) -> dict[str, LimitState]:
+    """The tighter of the key's and the tenant's state per kind (what the `x-ratelimit-*` headers report)."""
+    states: dict[str, LimitState] = {}
+    for _, kind, bucket, _ in taken:
+        state = bucket.state(now)
+        if kind not in states or state.remaining < states[kind].remaining:
+            states[kind] = state
+    return states

@@ -255,23 +255,21 @@ class Gateway:
                 )
         except BaseException as exc:
             try:
-                await self._settle(lease, Consumed(), exc, lambda: _tensor_payload(requests, None))
+                self._settle(lease, Consumed(), exc, lambda: _tensor_payload(requests, None))
                 self.record(ctx, model, resolved, exc, start)
             finally:
                 if slot is not None:
                     slot.release()
             raise
         try:
-            await self._settle(
-                lease, consumed_of(responses), None, lambda: _tensor_payload(requests, responses)
-            )
+            self._settle(lease, consumed_of(responses), None, lambda: _tensor_payload(requests, responses))
             self.record(ctx, model, resolved, None, start)
         finally:
             if slot is not None:
                 slot.release()
         return responses
 
-    async def _settle(
+    def _settle(
         self,
         lease: Lease | None,
         consumed: Consumed,
@@ -281,7 +279,7 @@ class Gateway:
         if lease is None or self.governance is None:
             return
         policy = self.governance.payload_policy(lease.ctx.principal)
-        await self.governance.settle(lease, consumed, exc, payload() if policy != "none" else None)
+        self.governance.settle(lease, consumed, exc, payload() if policy != "none" else None)
 
     # -- generation ----------------------------------------------------------------------------------
 
@@ -362,7 +360,7 @@ class Gateway:
                         f"{p}.{c}": "".join(parts)[:PAYLOAD_CHARS]
                         for (p, c), parts in sorted(call.outputs.items())
                     }
-                await self.governance.settle(call.lease, call.consumed(), exc, payload or None)
+                self.governance.settle(call.lease, call.consumed(), exc, payload or None)
             self.record(ctx, model, call.version, exc, start)
         finally:
             if call.slot is not None:

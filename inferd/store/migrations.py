@@ -106,6 +106,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE api_keys ADD COLUMN priority TEXT;
     """,
+    # 3: how far the ledger journal (`journal.py`) has been imported: a segment and a byte offset in it.
+    """
+    CREATE TABLE ledger_import (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        segment INTEGER NOT NULL,
+        offset INTEGER NOT NULL
+    );
+    INSERT INTO ledger_import VALUES (1, 0, 0);
+    """,
 )
 
 

@@ -1,10 +1,10 @@
-"""The governance store on SQLite (WAL): configuration records, ledger queries, and the append path.
+"""The governance store on SQLite (WAL): configuration records, the ledger's queries and its journal.
 
 One connection guarded by a lock serves configuration reads and writes and queries (admin operations, the
-CLI); the request path never touches it. Ledger and audit appends come from the group-commit writer
-(`writer.py`), which opens its own connection with `append_connection`. WAL with `synchronous=NORMAL`: a
-committed transaction is in the OS's hands before `commit` returns, so a killed process (SIGKILL) loses
-nothing committed.
+CLI). The request path never touches SQLite: a server appends ledger rows and audit entries to the journal
+(`journal.py`, one `write` per request), and an importer thread moves them into SQLite (`importer.py`).
+Every ledger or audit query imports first, from any process (the CLI in direct mode too, while a server
+runs), so it sees every row whose response was already answered.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from typing import Any, Literal
 import orjson
 
 from inferd.qos import TIERS, Tier
+from inferd.store.importer import LedgerImporter, import_journal
+from inferd.store.journal import JOURNAL_DIR, LedgerJournal
+from inferd.store.ledger_rows import AUDIT_COLUMNS, INSERT_AUDIT, USAGE_COLUMNS, append_rows, audit_params
 from inferd.store.migrations import migrate
 from inferd.store.records import (
     ApiKey,
@@ -42,11 +45,6 @@ _GROUP_SQL: dict[UsageGroup, str] = {
     "key": "key_id",
     "tenant": "tenant",
 }
-_USAGE_COLUMNS = (
-    "request_id, time, tenant, key_id, workflow, model, version, protocol, prompt_tokens, "
-    "completion_tokens, cached_tokens, cost_micros, status, latency_ms, idempotency_key, retry_of"
-)
-_AUDIT_COLUMNS = "time, action, tenant, key_id, target, outcome, request_id, detail"
 
 
 @dataclass(frozen=True)
@@ -68,46 +66,6 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
     return conn
-
-
-def audit_params(entry: AuditEntry) -> tuple[Any, ...]:
-    return (
-        entry.time, entry.action, entry.tenant, entry.key_id, entry.target, entry.outcome,
-        entry.request_id, orjson.dumps(entry.detail).decode(),
-    )  # fmt: skip
-
-
-INSERT_USAGE = f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES ({', '.join('?' * 16)})"
-INSERT_AUDIT = f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES ({', '.join('?' * 8)})"
-
-
-ROWS_PER_INSERT = 256
-"""Ledger rows per INSERT statement (16 parameters each, far below SQLite's 32766)."""
-
-
-def _insert_usage(conn: sqlite3.Connection, usage: Sequence[UsageRow]) -> None:
-    """Multi-row INSERTs: one statement step (one release of the GIL) per chunk instead of one per row. On
-    the event loop, every release lets another Python thread (a runtime's worker) keep the GIL for up to
-    the switch interval, so per-row steps made ledger commits take milliseconds under load."""
-    one = f"({', '.join('?' * 16)})"
-    for i in range(0, len(usage), ROWS_PER_INSERT):
-        chunk = usage[i : i + ROWS_PER_INSERT]
-        sql = f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES " + ", ".join([one] * len(chunk))
-        conn.execute(sql, [value for row in chunk for value in row])  # a UsageRow is a tuple in column order
-
-
-def append(conn: sqlite3.Connection, usage: Sequence[UsageRow], audit: Sequence[AuditEntry]) -> None:
-    """Append ledger rows and audit entries in one transaction."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if usage:
-            _insert_usage(conn, usage)
-        if audit:
-            conn.executemany(INSERT_AUDIT, [audit_params(e) for e in audit])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _limits(row: sqlite3.Row) -> Limits:
@@ -140,6 +98,9 @@ class SqliteStore:
         self._conn = connect(self.path)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        self.journal_dir = state_dir / JOURNAL_DIR
+        self._journal: LedgerJournal | None = None
+        self._importer: LedgerImporter | None = None
         try:
             self.schema_version = migrate(self._conn)
         except BaseException:
@@ -147,12 +108,39 @@ class SqliteStore:
             raise
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        """Stop importing (after importing everything written) and close the journal and the database."""
+        try:
+            if self._importer is not None:
+                self._importer.stop()
+        finally:
+            if self._journal is not None:
+                self._journal.close()
+            with self._lock:
+                self._conn.close()
 
-    def append_connection(self) -> sqlite3.Connection:
-        """A new connection for the ledger writer's thread."""
-        return connect(self.path)
+    def open_journal(self) -> LedgerJournal:
+        """Open the ledger journal for appending (one process per state dir: `JournalLocked` otherwise),
+        import what a previous process left in it, and keep importing in a background thread."""
+        if self._journal is None:
+            journal = LedgerJournal(self.journal_dir)
+            importer = LedgerImporter(lambda: connect(self.path), self.journal_dir, lambda: journal.written)
+            try:
+                importer.import_now()
+            except BaseException:
+                importer.stop()
+                journal.close()
+                raise
+            importer.start()
+            self._journal, self._importer = journal, importer
+        return self._journal
+
+    def import_ledger(self) -> None:
+        """Bring the ledger tables up to date with the journal (see the module's docstring)."""
+        if self._importer is not None:
+            self._importer.import_now()
+        elif self.journal_dir.is_dir():
+            with self._lock:
+                import_journal(self._conn, self.journal_dir, None)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -311,11 +299,13 @@ class SqliteStore:
     # -- ledger and audit ----------------------------------------------------------------------------
 
     def append(self, usage: Sequence[UsageRow], audit: Sequence[AuditEntry]) -> None:
-        with self._lock:
-            append(self._conn, usage, audit)
+        """Append straight to the tables, in one transaction (tools and tests; servers use the journal)."""
+        with self._tx() as c:
+            append_rows(c, usage, audit)
 
     def usage_sums(self, since: float) -> list[UsageSums]:
         """Settled usage per tenant and workflow from `since` (unix time) on: rebuilds budgets at start."""
+        self.import_ledger()
         return [
             UsageSums(r[0], r[1], int(r[2]), int(r[3]), int(r[4]))
             for r in self._query(
@@ -326,16 +316,16 @@ class SqliteStore:
         ]
 
     def usage_rows(self, tenant: str | None = None, since: float = 0.0, limit: int = 1000) -> list[UsageRow]:
+        self.import_ledger()
         where, params = _where(tenant, since)
-        rows = self._query(
-            f"SELECT {_USAGE_COLUMNS} FROM usage {where} ORDER BY id LIMIT ?", (*params, limit)
-        )
+        rows = self._query(f"SELECT {USAGE_COLUMNS} FROM usage {where} ORDER BY id LIMIT ?", (*params, limit))
         return [UsageRow(*tuple(r)) for r in rows]
 
     def usage_report(
         self, by: UsageGroup, tenant: str | None = None, since: float = 0.0
     ) -> list[dict[str, Any]]:
         """Usage summed per group (model, workflow, day, key or tenant)."""
+        self.import_ledger()
         where, params = _where(tenant, since)
         group = _GROUP_SQL[by]
         rows = self._query(
@@ -370,6 +360,7 @@ class SqliteStore:
     ) -> list[AuditEntry]:
         """Audit entries, oldest first (the newest `limit`). Every inference is in the log: its ledger row
         reads as an `inference` entry unless the tenant's payload logging wrote one with the payload."""
+        self.import_ledger()
         where, params = _where(tenant, since)
         ledger = (
             "SELECT time, 'inference' AS action, tenant, key_id, model AS target, status AS outcome, "
@@ -379,8 +370,8 @@ class SqliteStore:
             f"{where} AND NOT EXISTS (SELECT 1 FROM audit a WHERE a.request_id = u.request_id "
             "AND a.action = 'inference' AND u.request_id != '')"
         )
-        union = f"SELECT {_AUDIT_COLUMNS}, id FROM audit {where} UNION ALL {ledger}"
-        sql = f"SELECT {_AUDIT_COLUMNS} FROM ({union})"
+        union = f"SELECT {AUDIT_COLUMNS}, id FROM audit {where} UNION ALL {ledger}"
+        sql = f"SELECT {AUDIT_COLUMNS} FROM ({union})"
         args: tuple[Any, ...] = (*params, *params)
         if action:  # only `*` is a wildcard: `_` and `%` in a pattern match themselves
             sql += " WHERE action LIKE ? ESCAPE '\\'"

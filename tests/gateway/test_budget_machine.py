@@ -215,7 +215,7 @@ class BudgetMachine(RuleBasedStateMachine):
         prompt = min(consumed.prompt_tokens, d.prompt_tokens)
         completion = min(consumed.completion_tokens, d.completion_tokens)
         exc = RuntimeError("runtime failed") if failed else None
-        cost = self.loop.run_until_complete(self.gov.settle(o.lease, consumed, exc))
+        cost = self.gov.settle(o.lease, consumed, exc)
         # Never more than the reservation, also when the price went up since admission.
         charged = min(model_cost(self.price, prompt, completion, d.inferences), o.reserved.cost_micros)
         expected = Amount(prompt + completion, charged, 1)

@@ -99,7 +99,7 @@ async def test_a_key_revoked_while_its_call_runs_still_spends_from_its_tenants_b
         lease = gov.admit(ctx("t", "0123456789ab", "r1"), "m", "1", Demand(1, 1), "")
         store.delete_key("0123456789ab")
         gov.reload_soon()
-        await gov.settle(lease, Consumed(1, 1), None)
+        gov.settle(lease, Consumed(1, 1), None)
         with pytest.raises(QuotaExceeded):
             gov.admit(ctx("t", "0123456789ab", "r2"), "m", "1", Demand(1, 1), "")
         store.put_budget(Budget("t", "tenant", "total", max_requests=5))

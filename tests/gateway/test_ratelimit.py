@@ -208,13 +208,13 @@ async def test_settle_refunds_unused_tokens_and_release_refunds_all(gov: Governa
     lease = gov.admit(ctx("t", "a", "r1"), "m", "1", Demand(10, 70), "")
     assert level(gov, "key:a", "tokens") == pytest.approx(20.0)
     assert level(gov, "tenant:t", "tokens") == pytest.approx(920.0)
-    await gov.settle(lease, Consumed(10, 5), None)
+    gov.settle(lease, Consumed(10, 5), None)
     assert level(gov, "key:a", "tokens") == pytest.approx(85.0)
     assert level(gov, "tenant:t", "tokens") == pytest.approx(985.0)
     lease = gov.admit(ctx("t", "a", "r2"), "m", "1", Demand(10, 70), "")
     gov.release(lease)
     assert level(gov, "key:a", "tokens") == pytest.approx(85.0)
-    await gov.settle(lease, Consumed(10, 70), None)  # after release: nothing more happens
+    gov.settle(lease, Consumed(10, 70), None)  # after release: nothing more happens
     assert level(gov, "key:a", "tokens") == pytest.approx(85.0)
 
 
@@ -229,7 +229,7 @@ async def test_concurrency_caps_are_freed_by_settle_and_release(gov: Governance)
     gov.release(first)
     assert gov.concurrency.total() == 0
     second = gov.admit(ctx("t", "a", "r3"), "m", "1", ONE, "")
-    await gov.settle(second, Consumed(1), None)
+    gov.settle(second, Consumed(1), None)
     assert gov.concurrency.total() == 0
     gov.admit(ctx("t", "a", "r4"), "m", "1", ONE, "")
 

@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from inferd.store.records import MICROS
+from inferd.store.sqlite import SqliteStore
 from tests.governance.conftest import COMPLETION_PROMPT_TOKENS, IDENTITY, LLM, PROMPT, bearer
 
 KILL_AFTER = 80
@@ -198,20 +199,17 @@ async def test_ledger_survives_sigkill(repo: Path, tmp_path: Path, processes: li
     received = traffic.received
     assert len(received) >= KILL_AFTER
 
-    # Before any restart: the dead server's files hold a row for every response a client received, with
-    # the tokens and cost that client was told.
-    conn = sqlite3.connect(state / "inferd.db")
+    # Before any restart: the dead server's files (its ledger journal, imported into the database by the
+    # store as the CLI would, no server running) hold a row for every response a client received, with the
+    # tokens and cost that client was told.
+    store = SqliteStore(state)
     try:
         rows = {
-            r[0]: r[1:]
-            for r in conn.execute(
-                "SELECT request_id, prompt_tokens + completion_tokens, cost_micros, status, model "
-                "FROM usage WHERE tenant = ?",
-                (tenant,),
-            )
+            r.request_id: (r.total_tokens, r.cost_micros, r.status, r.model)
+            for r in store.usage_rows(tenant, limit=1_000_000)
         }
     finally:
-        conn.close()
+        store.close()
     missing = [r.request_id for r in received if r.request_id not in rows]
     assert not missing, f"{len(missing)} of {len(received)} received responses have no ledger row"
     for r in received:
@@ -257,7 +255,9 @@ async def test_ledger_survives_sigkill(repo: Path, tmp_path: Path, processes: li
     stop(second)
     # Keys never reach the log or the database file.
     logs = first.log() + second.log()
-    files = b"".join(p.read_bytes() for p in state.iterdir() if p.name.startswith("inferd.db"))
+    files = b"".join(
+        p.read_bytes() for p in state.rglob("*") if p.is_file() and p.name != "admin.key"
+    )  # the database, its WAL and the ledger journal
     for secret in (key, admin_key):
         assert secret not in logs
         assert secret.encode() not in files

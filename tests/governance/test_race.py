@@ -72,7 +72,9 @@ async def stream_chat(client: httpx.AsyncClient, key: str) -> Outcome:
 
 
 def ledger(governed: Governed, tenant: str) -> tuple[int, int, int]:
-    """(rows, tokens, cost micros) of the tenant's rows in the SQLite ledger, read directly."""
+    """(rows, tokens, cost micros) of the tenant's rows in the SQLite ledger, read directly once the
+    server's importer has caught up with its journal."""
+    governed.server.server.governance.store.import_ledger()  # type: ignore[union-attr]
     conn = sqlite3.connect(f"file:{governed.state_dir / 'inferd.db'}?mode=ro", uri=True)
     try:
         rows, tokens, cost = conn.execute(
@@ -326,6 +328,7 @@ async def test_disconnects_release_reservations(governed: Governed) -> None:
     assert tokens < len(ids) * (CHAT_PROMPT_TOKENS + 100)  # they stopped early
     (status,) = admin.budgets(tenant)
     assert (status["used_requests"], status["used_tokens"], status["in_flight_tokens"]) == (rows, tokens, 0)
+    governed.server.server.governance.store.import_ledger()  # type: ignore[union-attr]
     conn = sqlite3.connect(f"file:{governed.state_dir / 'inferd.db'}?mode=ro", uri=True)
     try:
         statuses = {

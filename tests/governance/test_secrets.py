@@ -13,9 +13,10 @@ from tests.governance.conftest import LLM, MESSAGES, Governed, bearer
 
 
 def database_bytes(governed: Governed) -> bytes:
-    """The database, its WAL and its shared-memory index, as stored on disk."""
-    files = sorted(p for p in governed.state_dir.iterdir() if p.name.startswith("inferd.db"))
-    assert files and files[0].name == "inferd.db"
+    """The database, its WAL and its shared-memory index, and the ledger journal, as stored on disk."""
+    files = sorted(p for p in governed.state_dir.rglob("*") if p.is_file() and p.name != "admin.key")
+    assert {"inferd.db", "lock"} <= {p.name for p in files}
+    assert any(p.suffix == ".jsonl" for p in files)
     return b"".join(p.read_bytes() for p in files)
 
 

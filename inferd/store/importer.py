@@ -1,0 +1,170 @@
+"""Moves the ledger journal's lines into SQLite, exactly once.
+
+Where the import stands is a row of the database (`ledger_import`: segment and byte offset), updated in the
+same transaction as the rows it imports, so a crash at any point neither loses nor doubles a row, and
+processes importing the same journal (a server, and the CLI in direct mode) serialize on SQLite's write
+lock. Only complete lines are imported: a writer's line ends with its newline, written last, and the
+kernel never shows a reader bytes past what a writer has copied in, so a line still being written is never
+taken. The importer in the writing process stops at the position the writer reports (`written`). SQLite
+parses and inserts the lines itself (`_append_lines`), so importing holds the GIL for microseconds per
+chunk, not per row.
+
+The server imports in a background thread every `interval_s` and whenever a reader asks (`import_now`: the
+admin API and the CLI read the ledger after importing, so they see every response already answered).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from inferd.store.journal import AUDIT_TAG, USAGE_TAG, decode, read_complete, segment_path
+from inferd.store.ledger_rows import AUDIT_COLUMNS, USAGE_COLUMNS, append_rows
+from inferd.store.records import AuditEntry, UsageRow
+
+log = logging.getLogger("inferd.store")
+
+IMPORT_BYTES = 4 * 1024 * 1024
+"""Journal bytes per import transaction."""
+IMPORT_INTERVAL_S = 0.05
+
+Position = tuple[int, int]
+"""(segment, byte offset) in the journal."""
+
+
+def import_journal(conn: sqlite3.Connection, directory: Path, written: Position | None) -> int:
+    """Import every complete line not yet imported (up to `written` when a writer is live, None when none
+    is); returns the number of lines imported."""
+    total = 0
+    while (n := _import_once(conn, directory, written)) is not None:
+        total += n
+    return total
+
+
+def _import_once(conn: sqlite3.Connection, directory: Path, written: Position | None) -> int | None:
+    """One transaction: the next chunk of lines (their count), a move to the next segment (0), or None
+    when there is nothing to do."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        segment, offset = conn.execute("SELECT segment, offset FROM ledger_import").fetchone()
+        path = segment_path(directory, segment)
+        live = written is not None and written[0] == segment
+        data = read_complete(path, offset, written[1] if live and written else None, IMPORT_BYTES)
+        if data:
+            _append_lines(conn, path, data)
+            conn.execute("UPDATE ledger_import SET offset = ?", (offset + len(data),))
+            conn.execute("COMMIT")
+            return data.count(b"\n")
+        if written is not None:
+            finished = written[0] > segment  # the writer has moved on: this segment is whole
+        else:
+            finished = segment_path(directory, segment + 1).exists()
+        if not finished:
+            conn.execute("ROLLBACK")
+            return None
+        conn.execute("UPDATE ledger_import SET segment = ?, offset = 0", (segment + 1,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    path.unlink(missing_ok=True)  # every line of it is in the database
+    return 0
+
+
+def _from_json(table: str, columns: str, count: int, tag: str) -> str:
+    fields = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(1, count + 1))
+    return (
+        f"INSERT INTO {table} ({columns}) SELECT {fields} FROM json_each(?) "
+        f"WHERE json_extract(value, '$[0]') = '{tag}'"
+    )
+
+
+_USAGE_FROM_JSON = _from_json("usage", USAGE_COLUMNS, len(UsageRow._fields), USAGE_TAG)
+_AUDIT_FROM_JSON = _from_json("audit", AUDIT_COLUMNS, 8, AUDIT_TAG)
+
+
+def _append_lines(conn: sqlite3.Connection, path: Path, data: bytes) -> None:
+    """Insert complete journal lines inside the caller's transaction. The lines go to SQLite as one JSON
+    array, parsed and inserted by SQLite itself in one statement per table: the GIL stays released the whole
+    time (decoding rows in Python would hold it, and the event loop waits for it). A damaged line fails the
+    statement; then the lines are decoded one by one and the damaged ones skipped, with an error logged.
+    SQLite's JSON functions cut strings at a NUL character: lines holding one take the slow path too."""
+    if b"\\u0000" not in data:
+        conn.execute("SAVEPOINT lines")
+        try:
+            array = "[" + data[:-1].replace(b"\n", b",").decode() + "]"
+            conn.execute(_USAGE_FROM_JSON, (array,))
+            conn.execute(_AUDIT_FROM_JSON, (array,))
+            conn.execute("RELEASE lines")
+            return
+        except (sqlite3.Error, UnicodeDecodeError):
+            conn.execute("ROLLBACK TO lines")
+            conn.execute("RELEASE lines")
+    usage: list[UsageRow] = []
+    audit: list[AuditEntry] = []
+    for line in data.splitlines():
+        try:
+            record = decode(line)
+        except ValueError as exc:
+            log.error("ledger journal %s: skipped a line that is not a record (%s)", path, exc)
+            continue
+        if isinstance(record, UsageRow):
+            usage.append(record)
+        else:
+            audit.append(record)
+    append_rows(conn, usage, audit)
+
+
+class LedgerImporter:
+    """Imports a live journal in a background thread, and on demand."""
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        directory: Path,
+        written: Callable[[], Position],
+        interval_s: float = IMPORT_INTERVAL_S,
+    ) -> None:
+        self._conn = connect()
+        self.directory = directory
+        self._written = written
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.imported = 0
+        """Lines imported by this importer (for tests)."""
+
+    def import_now(self) -> int:
+        """Import what the writer has written so far; returns the lines imported."""
+        with self._lock:
+            n = import_journal(self._conn, self.directory, self._written())
+            self.imported += n
+            return n
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="inferd-ledger-import", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.import_now()
+            except Exception:
+                log.exception("importing the ledger journal into SQLite failed (retrying)")
+
+    def stop(self) -> None:
+        """Stop the thread, import what is left, close the connection (once)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.import_now()
+        finally:
+            self._conn.close()
