@@ -350,7 +350,11 @@ def report(cases: list[Case], fair: Fairness | None, args: argparse.Namespace, w
         "",
         "Sent counts what the client managed to send: on 2 shared cores a Python client may fall short of "
         "the offered rate; the admitted and refused counts are what the server answered. Latencies are "
-        "measured by the client from each request's scheduled send time.",
+        "measured by the client from each request's scheduled send time; the client does no garbage "
+        "collection while it measures (a full collection of its heap stopped its event loop for 50-100 ms, "
+        "and the requests in flight then carried the pause). LLM config: "
+        + " ".join(f"`{line}`" for line in LLM_CONFIG.splitlines()[2:])
+        + ".",
     ]
     return "\n".join(lines) + "\n"
 
