@@ -1,19 +1,21 @@
 """Overload: what inferd does at 5x its measured capacity, for a tensor model and an LLM.
 
-    .venv/bin/python benchmarks/overload.py [--quick] [--only tensor|llm]
+    .venv/bin/python benchmarks/overload.py [--quick] [--only tensor|llm|fairness]
 
 For each model, in one `inferd serve` process (`--no-auth`: the server's own admission, not governance):
   1. unloaded latency: a closed loop at concurrency 1 (p50/p99);
   2. capacity: a closed loop at the model's concurrency (requests/s);
   3. overload: an open loop (Poisson arrivals) at 5x that capacity for 60 s (`--quick`: 15 s).
 Checks (issue 5): zero 5xx; every refusal (429) arrives in <= 50 ms; p99 latency of admitted requests
-<= 3x the unloaded p99; server RSS growth over the overload <= 10%.
+<= 3x the unloaded p99; server RSS growth over the overload <= 10%. Then fairness (`run_fairness`): tenant
+a floods the LLM engine while tenant b sends one request a second; b's TTFT p99 <= 2x its idle p99.
 
 Models: `fixedcost`, an ONNX model whose batch costs the same at any batch size (a 1024x1024 matrix product
 driven by the input, ~2 GFLOP per batch: what a GPU kernel at small batch looks like), with dynamic batching
 (max batch 8, queue of 8); and the demo's random-weight Llama (256 hidden, 4 layers) with max_num_seqs 8
-and a waiting queue of 8 requests, 32 prompt / 32 output tokens. The load generator (`inferd.loadgen`) runs
-in this process, on the same 2 cores as the server. Rewrites the `overload` section of RESULTS.md.
+and a waiting queue bounded by expected wait (`max_queue_wait_ms: 40`), 32 prompt / 32 output tokens. The
+load generator (`inferd.loadgen`) runs in this process, on the same 2 cores as the server, without garbage
+collection while it measures. Rewrites the `overload` section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 from v2_report import update_results_file
-from v2_servers import WORK, Running, start_inferd
+from v2_servers import WORK, Running, cpu_cores, cpu_snapshot, start_inferd
 
 from inferd.loadgen.openai import OpenAIBenchOptions, run_openai_sync
 from inferd.loadgen.profile import ProfileOptions, Sample, StepReport, step_report
@@ -112,6 +114,8 @@ class Case:
     rss_before_mb: float
     rss_after_mb: float
     fivexx: int
+    cores: dict[str, float]
+    """Average cores used during the overload by the server, the client and other processes."""
 
     def checks(self) -> list[tuple[str, str, str, bool]]:
         ref_max = self.overload.refusal_latency.max_ms
@@ -167,12 +171,14 @@ def run_tensor(server: Running, seconds: float) -> Case:
           flush=True)  # fmt: skip
     rss_before = rss_mb(server.proc.pid)
     rate = capacity * MULTIPLIER
+    before = cpu_snapshot(server)
     with client_gc_paused():
         loud = samples(_replace(base, rate=rate, duration_s=seconds, keep_samples=True, check_first=False,
                                 max_connections=1024))  # fmt: skip
+    cores = cpu_cores(before, cpu_snapshot(server))
     overload = step_report(MULTIPLIER, rate, seconds, loud, ProfileOptions())
     return Case("tensor (fixedcost)", unloaded, capacity, overload, rss_before, rss_mb(server.proc.pid),
-                fivexx(overload))  # fmt: skip
+                fivexx(overload), cores)  # fmt: skip
 
 
 def run_llm(server: Running, seconds: float) -> Case:
@@ -191,11 +197,13 @@ def run_llm(server: Running, seconds: float) -> Case:
     rss_before = rss_mb(server.proc.pid)
     rate = capacity * MULTIPLIER
     count = max(1, round(rate * seconds))
+    before = cpu_snapshot(server)
     with client_gc_paused():
         loud = samples(_replace(base, rate=rate, num_requests=count, warmup_requests=0, seed=7))
+    cores = cpu_cores(before, cpu_snapshot(server))
     overload = step_report(MULTIPLIER, rate, seconds, loud, ProfileOptions())
     return Case("LLM (random-llama)", unloaded, capacity, overload, rss_before, rss_mb(server.proc.pid),
-                fivexx(overload))  # fmt: skip
+                fivexx(overload), cores)  # fmt: skip
 
 
 FAIR_A_IN_FLIGHT = 64
@@ -316,8 +324,9 @@ def report(cases: list[Case], fair: Fairness | None, args: argparse.Namespace, w
         f"and server; Python {platform.python_version()}. Overload lasts {args.seconds:.0f} s per model.",
         "",
         "| model | unloaded p50 / p99 ms | capacity req/s | offered req/s | sent | admitted | refused | "
-        "admitted p50 / p99 ms | refusal p50 / max ms | other errors | RSS MB before → after |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|---|---|",
+        "admitted p50 / p99 ms | refusal p50 / max ms | other errors | RSS MB before → after | "
+        "cores: server / client / other processes |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|",
     ]
     for c in cases:
         o, u = c.overload, c.unloaded
@@ -327,7 +336,8 @@ def report(cases: list[Case], fair: Fairness | None, args: argparse.Namespace, w
             f"{c.capacity_rps:.1f} | {o.offered_rps:.1f} | {o.sent} | {o.admitted} | {o.refused} | "
             f"{o.admitted_latency.p50_ms:.1f} / {o.admitted_latency.p99_ms:.1f} | "
             f"{o.refusal_latency.p50_ms:.1f} / {o.refusal_latency.max_ms:.1f} | {failed} | "
-            f"{c.rss_before_mb:.0f} → {c.rss_after_mb:.0f} |"
+            f"{c.rss_before_mb:.0f} → {c.rss_after_mb:.0f} | {c.cores['server']:.2f} / "
+            f"{c.cores['client']:.2f} / {c.cores['other']:.2f} |"
         )
     lines += ["", "| model | check | measured | target | met |", "|---|---|---|---|---|"]
     checks = [(c.name, check) for c in cases for check in c.checks()]
