@@ -26,6 +26,8 @@ from inferd.store.records import PERIODS, Budget, Period
 
 ALL_WORKFLOWS = "\x00all"
 """The workflow slot of a tenant's own counters."""
+MAX_RESOLVED = 100_000
+"""(tenant, workflow) pairs whose settled counters are kept resolved."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ class BudgetBook:
         self._settled: dict[CounterKey, list[int]] = {}
         self._reserved: dict[SlotKey, list[int]] = {}
         self._starts = _PeriodStarts()
+        self._counters: dict[SlotKey, tuple[tuple[tuple[Period, float], ...], list[list[int]]]] = {}
+        """Per (tenant, workflow): the settled counters of the periods holding now, and those periods."""
 
     def _keys(self, tenant: str, workflow: str, now: float) -> list[CounterKey]:
         starts = self._starts(now)
@@ -177,8 +181,24 @@ class BudgetBook:
     def settle(self, reservation: Reservation, actual: Amount, now: float) -> None:
         """Replace the reservation by the actual amount (settled in the periods holding `now`)."""
         self.release(reservation)
-        for key in self._keys(reservation.tenant, reservation.workflow, now):
-            _add(self._settled, key, actual, 1)
+        tokens, cost, requests = actual.tokens, actual.cost_micros, actual.requests
+        for counts in self._settled_counters(reservation.tenant, reservation.workflow, now):
+            counts[0] += tokens
+            counts[1] += cost
+            counts[2] += requests
+
+    def _settled_counters(self, tenant: str, workflow: str, now: float) -> list[list[int]]:
+        """The settled counters a request of `tenant` and `workflow` settles into now (resolved once per
+        tenant, workflow and UTC day: settled counters are never removed)."""
+        starts = self._starts(now)
+        found = self._counters.get((tenant, workflow))
+        if found is not None and found[0] is starts:
+            return found[1]
+        counters = [self._settled.setdefault(key, [0, 0, 0]) for key in self._keys(tenant, workflow, now)]
+        if len(self._counters) >= MAX_RESOLVED:
+            self._counters.clear()
+        self._counters[(tenant, workflow)] = (starts, counters)
+        return counters
 
     def release(self, reservation: Reservation) -> None:
         if not reservation.open:

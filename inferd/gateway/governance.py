@@ -92,6 +92,8 @@ class Lease:
     retry_of: str = ""
     idempotency_key: str = ""
     settled: bool = False
+    payload_logging: str = "none"
+    """The tenant's payload logging when admitted."""
 
 
 MAX_PLANS = 100_000
@@ -335,6 +337,7 @@ class Governance:
             time.perf_counter(),
             self._retry_of(ctx, idempotency_key),
             idempotency_key,
+            payload_logging=policy.tenant.payload_logging,
         )
 
     def _rate_limited(
@@ -437,12 +440,15 @@ class Governance:
         prompt = min(consumed.prompt_tokens, lease.demand.prompt_tokens)
         completion = min(consumed.completion_tokens, lease.demand.completion_tokens)
         inferences = min(consumed.inferences, lease.demand.inferences)
-        cost = self.snapshot.price(lease.model).cost_micros(prompt, completion, inferences)
-        cost = min(cost, lease.reservation.amount.cost_micros)
+        cost = min(
+            self.snapshot.price(lease.model).cost_micros(prompt, completion, inferences),
+            lease.reservation.amount.cost_micros,
+        )
         self.book.settle(lease.reservation, Amount(prompt + completion, cost, 1), now)
-        unused = lease.demand.tokens - (prompt + completion)
-        for bucket in lease.token_buckets:
-            bucket.give_back(unused, now)
+        if lease.token_buckets:
+            unused = lease.demand.tokens - (prompt + completion)
+            for bucket in lease.token_buckets:
+                bucket.give_back(unused, now)
         for owner in lease.owners:
             self.concurrency.leave(owner)
         ctx.cost_micros = cost
@@ -468,7 +474,7 @@ class Governance:
         # The ledger row is the inference's audit entry (the store merges them); a tenant that logs
         # payloads gets its own entry with the request's metadata or full text.
         audit: list[AuditEntry] = []
-        policy = self._policy(principal).tenant.payload_logging
+        policy = lease.payload_logging
         if payload and policy != "none":
             detail: dict[str, Any] = {
                 "model": lease.model,

@@ -278,8 +278,7 @@ class Gateway:
     ) -> None:
         if lease is None or self.governance is None:
             return
-        policy = self.governance.payload_policy(lease.ctx.principal)
-        self.governance.settle(lease, consumed, exc, payload() if policy != "none" else None)
+        self.governance.settle(lease, consumed, exc, payload() if lease.payload_logging != "none" else None)
 
     # -- generation ----------------------------------------------------------------------------------
 

@@ -40,6 +40,10 @@ LISTENER_CLOSE_S = 5.0
 """Longest the listeners wait for open connections once the work has drained."""
 
 
+GC_YOUNG_THRESHOLD = 50_000
+"""Allocations (net) between collections of the youngest generation, once the server has started."""
+
+
 class InferdServer:
     """Builds the layers (manager → dataplane → gateway → transports) and runs them."""
 
@@ -157,6 +161,10 @@ class InferdServer:
         # with torch loaded, measured under load).
         gc.collect()
         gc.freeze()
+        # Each request allocates a few hundred short-lived objects, with 64 requests in flight: at the
+        # default threshold (700) the young generation is collected every few requests. 50,000 makes that
+        # every few hundred (about 7% more V2 requests per second on 2 cores, measured), for a few MB.
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         self.dataplane.set_ready(True)
 
     async def stop(self) -> None:
