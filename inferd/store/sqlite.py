@@ -21,7 +21,7 @@ import orjson
 
 from inferd.qos import TIERS, Tier
 from inferd.store.importer import LedgerImporter, import_journal
-from inferd.store.journal import JOURNAL_DIR, LedgerJournal
+from inferd.store.journal import JOURNAL_DIR, LedgerJournal, segment_path, segments
 from inferd.store.ledger_rows import AUDIT_COLUMNS, INSERT_AUDIT, USAGE_COLUMNS, append_rows, audit_params
 from inferd.store.migrations import migrate
 from inferd.store.records import (
@@ -132,6 +132,11 @@ class SqliteStore:
                 raise
             importer.start()
             self._journal, self._importer = journal, importer
+            with self._lock:
+                (imported,) = self._conn.execute("SELECT segment FROM ledger_import").fetchone()
+            for segment in segments(self.journal_dir):
+                if segment < imported:  # imported, but a crash came before it was deleted
+                    segment_path(self.journal_dir, segment).unlink(missing_ok=True)
         return self._journal
 
     def import_ledger(self) -> None:

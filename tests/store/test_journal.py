@@ -236,3 +236,26 @@ def test_a_failed_write_raises_and_is_not_counted(tmp_path: Path) -> None:
         assert [r.request_id for r in store.usage_rows()] == ["r2"]
     finally:
         store.close()
+
+
+def test_a_segment_imported_but_left_by_a_crash_is_deleted_at_the_next_start(tmp_path: Path) -> None:
+    directory = tmp_path / "ledger"
+    journal = LedgerJournal(directory, segment_bytes=300)
+    for i in range(5):
+        journal.append([row(i)])
+    journal.close()
+    store = SqliteStore(tmp_path)
+    try:
+        store.import_ledger()
+        leftover = segment_path(directory, 0)
+        leftover.write_bytes(b"")  # as if the crash came between the import's commit and the unlink
+        assert 0 in segments(directory)
+    finally:
+        store.close()
+    store = SqliteStore(tmp_path)
+    try:
+        store.open_journal()
+        assert 0 not in segments(directory)
+        assert committed(store) == [f"r{i}" for i in range(5)]
+    finally:
+        store.close()
