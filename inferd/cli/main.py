@@ -69,8 +69,13 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     from inferd.server.app import InferdServer
+    from inferd.store.journal import JournalLocked
 
-    asyncio.run(InferdServer(config).serve_forever())
+    try:
+        asyncio.run(InferdServer(config).serve_forever())
+    except JournalLocked as exc:
+        print(f"inferd: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -226,6 +226,13 @@ async def test_ledger_survives_sigkill(repo: Path, tmp_path: Path, processes: li
     second = serve(repo, state, tmp_path / "second.log")
     processes.append(second)
     assert second.admin_key is None
+    # One server per state dir: a second one on the same ledger refuses to start, saying why.
+    other = subprocess.run(
+        [sys.executable, "-m", "inferd.cli.main", "serve", "--model-repository", str(repo),
+         "--state-dir", str(state), "--http-port", "0", "--grpc-port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert other.returncode == 2 and "in use by another inferd process" in other.stderr, other.stderr
     admin_key = (state / "admin.key").read_text().strip()
     with httpx.Client(base_url=second.base, headers=bearer(admin_key), timeout=30) as client:
         (status,) = client.get("/admin/v1/budgets", params={"tenant": tenant}).json()
