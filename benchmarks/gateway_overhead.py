@@ -136,8 +136,8 @@ def report(points: list[Point], args: argparse.Namespace, wall_s: float, ledger:
         f"{args.duration:.0f} s per point after 1 s warm-up, {args.rounds} rounds alternating off/on; "
         "medians. "
         "Governance on = API key + tenant rpm/tpm/concurrency limits + key rpm limit + price + total cost "
-        "budget, and a usage-ledger row (also the audit log's inference entry) committed to SQLite before "
-        "every response.",
+        "budget, and a usage-ledger row (also the audit log's inference entry) made durable before every "
+        "response (appended to the ledger journal; imported into SQLite in the background).",
         "",
         "| protocol | mode | req/s | p50 ms | p99 ms | server cores | errors |",
         "|---|---|---:|---:|---:|---:|---:|",
