@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/overload.py [--quick] [--only tensor|llm|fairness]
 
 For each model, in one `inferd serve` process (`--no-auth`: the server's own admission, not governance):
-  1. unloaded latency: a closed loop at concurrency 1 (p50/p99);
+  1. unloaded latency: a closed loop at concurrency 1 for about 10 s (p50/p99 of some hundreds of requests);
   2. capacity: a closed loop at the model's concurrency (requests/s);
   3. overload: an open loop (Poisson arrivals) at 5x that capacity for 60 s (`--quick`: 15 s).
 Checks (issue 5): zero 5xx; every refusal (429) arrives in <= 50 ms; p99 latency of admitted requests
@@ -188,7 +188,8 @@ def run_llm(server: Running, seconds: float) -> Case:
     def samples(opts: OpenAIBenchOptions) -> list[Sample]:
         return [Sample(o.sent, o.done, o.error, o.ttft) for o in run_openai_sync(opts).outcomes]
 
-    quiet = run_openai_sync(_replace(base, concurrency=1))
+    # 200 requests (about 10 s, as the tensor model's baseline): the p99 of a dozen would be their maximum
+    quiet = run_openai_sync(_replace(base, concurrency=1, num_requests=200))
     quiet_samples = [Sample(o.sent, o.done, o.error, o.ttft) for o in quiet.outcomes]
     unloaded = step_report(0.0, 0.0, quiet.elapsed_s, quiet_samples, ProfileOptions())
     capacity = run_openai_sync(_replace(base, concurrency=8, num_requests=48)).request_rate
