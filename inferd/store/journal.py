@@ -16,6 +16,7 @@ process dies.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -133,14 +134,16 @@ class LedgerJournal:
                 "state dir)"
             ) from None
         present = segments(directory)
-        self.segment = present[-1] if present else 0
-        self._fd = self._open(self.segment)
-        self.offset = complete_length(self._fd, os.fstat(self._fd).st_size)
-        if self.offset != os.fstat(self._fd).st_size:
+        segment = present[-1] if present else 0
+        self._fd = self._open(segment)
+        size = os.fstat(self._fd).st_size
+        offset = complete_length(self._fd, size)
+        if offset != size:
             # A line cut short by a crash: its request never got a response (the write had not returned).
-            path = segment_path(directory, self.segment)
+            path = segment_path(directory, segment)
             log.warning("ledger journal %s: dropped an incomplete last line", path)
-            os.ftruncate(self._fd, self.offset)
+            os.ftruncate(self._fd, offset)
+        self._written = (segment, offset)
         self.closed = False
 
     def _open(self, segment: int) -> int:
@@ -148,8 +151,17 @@ class LedgerJournal:
 
     @property
     def written(self) -> tuple[int, int]:
-        """(segment, bytes): everything before this position is complete lines (what may be imported)."""
-        return self.segment, self.offset
+        """(segment, bytes): everything before this position is complete lines (what may be imported).
+        One tuple, replaced whole, so another thread never reads a segment with another segment's offset."""
+        return self._written
+
+    @property
+    def segment(self) -> int:
+        return self._written[0]
+
+    @property
+    def offset(self) -> int:
+        return self._written[1]
 
     def append(self, usage: Sequence[UsageRow], audit: Sequence[AuditEntry] = ()) -> None:
         """Make rows durable (against the process being killed) before returning; OSError when they
@@ -157,18 +169,23 @@ class LedgerJournal:
         if self.closed:
             raise OSError("the ledger journal is closed")
         data = encode(usage, audit)
+        segment, offset = self._written
         view = memoryview(data)
-        while view:  # a regular file takes the whole write unless the disk is full, which raises
-            view = view[os.write(self._fd, view) :]
-        self.offset += len(data)
-        if self.offset >= self.segment_bytes:
-            self._rotate()
-
-    def _rotate(self) -> None:
-        fd = self._open(self.segment + 1)
-        os.close(self._fd)
-        self._fd = fd
-        self.segment, self.offset = self.segment + 1, 0
+        try:
+            while view:  # a regular file takes the whole write unless the disk is full, which raises
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            # Cut off what part of it was written, or the next line would be glued to it and lost too.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, offset)
+            raise
+        offset += len(data)
+        if offset >= self.segment_bytes:
+            fd = self._open(segment + 1)
+            os.close(self._fd)
+            self._fd = fd
+            segment, offset = segment + 1, 0
+        self._written = (segment, offset)
 
     def close(self) -> None:
         if self.closed:

@@ -259,3 +259,38 @@ def test_a_segment_imported_but_left_by_a_crash_is_deleted_at_the_next_start(tmp
         assert committed(store) == [f"r{i}" for i in range(5)]
     finally:
         store.close()
+
+
+FILLER = """
+import resource, signal, sys
+from pathlib import Path
+from inferd.store.journal import LedgerJournal
+from inferd.store.records import UsageRow
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+journal = LedgerJournal(Path(sys.argv[1]))
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # the disk fills up in the middle of a line
+told = []
+for i in range(100):
+    try:
+        journal.append([UsageRow(f"r{i}", float(i), "t", "k", "", "m", "1", "http")])
+        told.append(i)
+    except OSError:
+        break
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again
+journal.append([UsageRow("after", 0.0, "t", "k", "", "m", "1", "http")])
+print(" ".join(f"r{i}" for i in told) + " after")
+"""
+
+
+def test_a_write_cut_short_by_a_full_disk_loses_no_reported_row(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FILLER, str(tmp_path / "ledger")], capture_output=True, text=True, check=True
+    )
+    told = done.stdout.split()
+    assert 3 <= len(told) < 20  # some rows fit, then one did not, then there was room again
+    store = SqliteStore(tmp_path)
+    try:
+        assert [r.request_id for r in store.usage_rows()] == told
+    finally:
+        store.close()
