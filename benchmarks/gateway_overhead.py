@@ -139,8 +139,8 @@ def report(points: list[Point], args: argparse.Namespace, wall_s: float, ledger:
         "budget, and a usage-ledger row (also the audit log's inference entry) made durable before every "
         "response (appended to the ledger journal; imported into SQLite in the background).",
         "",
-        "| protocol | mode | req/s | p50 ms | p99 ms | server cores | errors |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| protocol | mode | req/s | p50 ms | p99 ms | server cores | server CPU µs / request | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     checks = []
     for protocol in args.protocols:
@@ -149,8 +149,10 @@ def report(points: list[Point], args: argparse.Namespace, wall_s: float, ledger:
             rps, p50, p99, cores = (
                 median(points, mode, protocol, attr) for attr in ("rps", "p50_ms", "p99_ms", "server_cores")
             )
+            per_request_us = cores * 1e6 / rps if rps else float("nan")  # what the server spends per request
             lines.append(
-                f"| {protocol} | {mode} | {rps:.1f} | {p50:.2f} | {p99:.2f} | {cores:.2f} | {errors} |"
+                f"| {protocol} | {mode} | {rps:.1f} | {p50:.2f} | {p99:.2f} | {cores:.2f} | "
+                f"{per_request_us:.0f} | {errors} |"
             )
         added = median(points, "governed", protocol, "p50_ms") - median(points, "no-auth", protocol, "p50_ms")
         lost = 1 - median(points, "governed", protocol, "rps") / median(points, "no-auth", protocol, "rps")
