@@ -96,7 +96,7 @@ class _PeriodStarts:
         return self._starts
 
 
-@dataclass
+@dataclass(slots=True)
 class Reservation:
     tenant: str
     workflow: str

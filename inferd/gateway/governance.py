@@ -76,7 +76,7 @@ class Consumed:
         return self.prompt_tokens + self.completion_tokens
 
 
-@dataclass
+@dataclass(slots=True)
 class Lease:
     """An admitted request's hold on limits and budgets, until `settle`."""
 

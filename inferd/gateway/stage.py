@@ -34,6 +34,9 @@ from inferd.store.records import AuditEntry
 from inferd.tensors import InferRequest, InferResponse
 
 UNKNOWN_MODEL = "_unknown"
+ONE_INFERENCE = Demand(inferences=1)
+"""What a V2 inference reserves and (`_one_inference`) uses: one inference (value objects, shared)."""
+_USED_ONE_INFERENCE = Consumed(inferences=1)
 PAYLOAD_CHARS = 65536
 """Most characters of prompt or output kept per inference by `full` payload logging."""
 
@@ -219,8 +222,8 @@ class Gateway:
             request.model,
             request.version,
             [request],
-            Demand(inferences=1),
-            lambda _: Consumed(inferences=1),
+            ONE_INFERENCE,
+            _one_inference,
         )
         return responses[0]
 
@@ -376,6 +379,10 @@ class Gateway:
             model, version = UNKNOWN_MODEL, ""  # client-chosen names must not create metric series
         m.requests.labels(model, version, ctx.protocol, ctx.status_of(exc)).inc()
         m.request_duration.labels(model, version, ctx.protocol).observe(time.perf_counter() - start)
+
+
+def _one_inference(_: Sequence[InferResponse]) -> Consumed:
+    return _USED_ONE_INFERENCE
 
 
 def _ids(request: GenerateRequest) -> Sequence[int]:
