@@ -510,9 +510,6 @@ class Governance:
         for owner in lease.owners:
             self.concurrency.leave(owner)
 
-    def payload_policy(self, principal: Principal) -> str:
-        return self._policy(principal).tenant.payload_logging
-
     def _update_budget_gauges(self) -> None:
         """Point `inferd_budget_remaining` at the budgets of the current snapshot (computed at scrape time,
         nothing on the request path)."""

@@ -314,7 +314,7 @@ class Gateway:
                 call.lease = self.governance.admit(
                     ctx, model, loaded.version, demand, self.workflow(ctx, user)
                 )
-                policy = self.governance.payload_policy(ctx.principal)
+                policy = call.lease.payload_logging
                 if policy != "none":
                     call.payload = _generation_payload(requests, policy)
                 if policy == "full":

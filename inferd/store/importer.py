@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from inferd.store.journal import AUDIT_TAG, USAGE_TAG, decode, read_complete, segment_path
-from inferd.store.ledger_rows import AUDIT_COLUMNS, USAGE_COLUMNS, append_rows
+from inferd.store.ledger_rows import AUDIT_COLUMNS, AUDIT_FIELDS, USAGE_COLUMNS, append_rows
 from inferd.store.records import AuditEntry, UsageRow
 
 log = logging.getLogger("inferd.store")
@@ -84,7 +84,7 @@ def _from_json(table: str, columns: str, count: int, tag: str) -> str:
 
 
 _USAGE_FROM_JSON = _from_json("usage", USAGE_COLUMNS, len(UsageRow._fields), USAGE_TAG)
-_AUDIT_FROM_JSON = _from_json("audit", AUDIT_COLUMNS, 8, AUDIT_TAG)
+_AUDIT_FROM_JSON = _from_json("audit", AUDIT_COLUMNS, AUDIT_FIELDS, AUDIT_TAG)
 
 
 def _append_lines(conn: sqlite3.Connection, path: Path, data: bytes) -> None:
@@ -136,15 +136,11 @@ class LedgerImporter:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.imported = 0
-        """Lines imported by this importer (for tests)."""
 
     def import_now(self) -> int:
         """Import what the writer has written so far; returns the lines imported."""
         with self._lock:
-            n = import_journal(self._conn, self.directory, self._written())
-            self.imported += n
-            return n
+            return import_journal(self._conn, self.directory, self._written())
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="inferd-ledger-import", daemon=True)

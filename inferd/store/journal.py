@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from inferd.store.ledger_rows import AUDIT_FIELDS
 from inferd.store.records import AuditEntry, UsageRow
 
 log = logging.getLogger("inferd.store")
@@ -78,7 +79,7 @@ def decode(line: bytes) -> UsageRow | AuditEntry:
     tag, fields = value[0], value[1:]
     if tag == USAGE_TAG and len(fields) == len(UsageRow._fields):
         return UsageRow(*fields)
-    if tag == AUDIT_TAG and len(fields) == 8 and isinstance(fields[7], dict):
+    if tag == AUDIT_TAG and len(fields) == AUDIT_FIELDS and isinstance(fields[-1], dict):
         return AuditEntry(*fields)
     raise ValueError(f"not a journal record: tag {tag!r} with {len(fields)} fields")
 

@@ -15,7 +15,9 @@ USAGE_COLUMNS = (
     "completion_tokens, cached_tokens, cost_micros, status, latency_ms, idempotency_key, retry_of"
 )
 AUDIT_COLUMNS = "time, action, tenant, key_id, target, outcome, request_id, detail"
-INSERT_AUDIT = f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({', '.join('?' * 8)})"
+AUDIT_FIELDS = len(AUDIT_COLUMNS.split(", "))
+"""Fields of an audit entry, in `AuditEntry`'s order (its detail last)."""
+INSERT_AUDIT = f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({', '.join('?' * AUDIT_FIELDS)})"
 ROWS_PER_INSERT = 256
 """Ledger rows per INSERT statement (16 parameters each, far below SQLite's 32766)."""
 

@@ -22,7 +22,7 @@ import orjson
 from inferd.qos import TIERS, Tier
 from inferd.store.importer import LedgerImporter, import_journal
 from inferd.store.journal import JOURNAL_DIR, LedgerJournal, segment_path, segments
-from inferd.store.ledger_rows import AUDIT_COLUMNS, INSERT_AUDIT, USAGE_COLUMNS, append_rows, audit_params
+from inferd.store.ledger_rows import AUDIT_COLUMNS, USAGE_COLUMNS, append_rows
 from inferd.store.migrations import migrate
 from inferd.store.records import (
     ApiKey,
@@ -397,4 +397,4 @@ def _where(tenant: str | None, since: float) -> tuple[str, tuple[Any, ...]]:
 
 def _audit(conn: sqlite3.Connection, entry: AuditEntry | None) -> None:
     if entry is not None:
-        conn.execute(INSERT_AUDIT, audit_params(entry))
+        append_rows(conn, (), (entry,))
