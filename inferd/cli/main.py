@@ -68,6 +68,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"inferd: model repository {config.model_repository} is not a folder", file=sys.stderr)
         return 2
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+    from inferd.engine.compute_thread import set_openmp_defaults
+
+    set_openmp_defaults()  # before anything loads torch
     from inferd.server.app import InferdServer
     from inferd.store.journal import JournalLocked
 

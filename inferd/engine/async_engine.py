@@ -11,7 +11,9 @@ the engine itself, so every torch operation of the engine (loading included) run
 OpenMP (torch's CPU threading) each thread that ever ran a parallel region keeps a pool of worker threads, and
 once the process holds more pool threads than CPUs every parallel region pays a futex sleep and wake-up
 instead of a spin (measured on 2 cores: 31 ms per decode step when the engine steps on the thread that loaded
-it, 49 ms when it steps on another). A crash of the loop fails every open stream with `ExecutionFailed`
+it, 49 ms when it steps on another). Given a `compute` thread (the server gives every model the same
+one), the build and each step run there instead, so the whole process keeps one OpenMP pool
+(`compute_thread`); commands, detokenization and stop strings stay on the loop's own thread. A crash of the loop fails every open stream with `ExecutionFailed`
 and refuses later requests (`NotReady`), sets `failure` and calls `on_failure`: never a silent hang.
 
 Admission: `generate` refuses at once (QueueFull, without waiting for the engine thread) when the
@@ -31,8 +33,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from inferd.engine.compute_thread import ComputeThread
 from inferd.engine.outputs import RequestUpdate, SchedulerStats
 from inferd.engine.request import FinishReason
 from inferd.engine.sampling_params import SamplingParams
@@ -42,6 +45,7 @@ from inferd.errors import DeadlineExceeded, ExecutionFailed, NotReady
 from inferd.generation import GenerationChunk, TokenLogprob, Usage
 
 log = logging.getLogger("inferd.engine")
+_T = TypeVar("_T")
 
 
 class EngineCore(Protocol):
@@ -168,13 +172,17 @@ class AsyncLLMEngine:
         name: str = "llm",
         on_step: Callable[[SchedulerStats], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
+        compute: ComputeThread | None = None,
     ) -> None:
         """Start the loop over `engine`, or over the engine `build` returns when called on the loop's thread
-        (then this blocks until it returned, and raises what it raised)."""
+        (then this blocks until it returned, and raises what it raised). With `compute`, `build` and every
+        step run on that thread (the process's one torch thread, shared with other models), the rest of the
+        loop (commands, detokenization, stop strings) on the loop's own thread."""
         if (engine is None) == (build is None):
             raise ValueError("give either an engine or a build function")
         self._engine = engine
         self._build = build
+        self._compute = compute
         self._built = threading.Event()
         self._build_error: BaseException | None = None
         self.tokenizer = tokenizer
@@ -312,7 +320,7 @@ class AsyncLLMEngine:
     def _run(self) -> None:
         if self._build is not None:
             try:
-                self._engine = self._build()
+                self._engine = self._on_compute(self._build)
             except BaseException as exc:
                 self._build_error = exc
                 return
@@ -333,7 +341,7 @@ class AsyncLLMEngine:
                     self._apply(command)
                 if self.engine.has_unfinished_requests():
                     self._step_started = time.monotonic()
-                    updates = self.engine.step()
+                    updates = self._on_compute(self.engine.step)
                     self._step_started = None
                     self._process(updates)
                     self._fail_expired()
@@ -362,6 +370,15 @@ class AsyncLLMEngine:
             stream.post(failure)
         self._streams.clear()
         self._samples.clear()
+
+    def _on_compute(self, fn: Callable[[], _T]) -> _T:
+        return fn() if self._compute is None else self._compute.call(fn, owner=self)
+
+    def abandon_step(self) -> None:
+        """The step in progress hung: the compute thread's other work (other models) moves to a fresh
+        thread, this engine's thread stays with its step."""
+        if self._compute is not None:
+            self._compute.abandon(self)
 
     def _apply(self, command: _Add | _Abort) -> None:
         if isinstance(command, _Abort):

@@ -192,6 +192,7 @@ class LLMVersion:
         """Release a version out of service (a hung engine thread is not waited for)."""
         if self._hung and self._engine is not None:
             self._stop_watchdog()
+            self._engine.abandon_step()  # the other models' torch work moves off the stuck thread
             threading.Thread(target=self._engine.close, name=f"close-{self.name}", daemon=True).start()
             self._metrics.forget_version(*self._labels)
             return

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from inferd.configfile import ConfigError, load_yaml, parse
+from inferd.engine.compute_thread import ComputeThread
 from inferd.errors import InferdError, InvalidInput, ModelLoadError, NotFound, NotReady
 from inferd.metrics.registry import Metrics
 from inferd.repository import discovery
@@ -87,9 +89,11 @@ class ModelManager:
         self.control_mode = control_mode
         self.poll_interval_s = poll_interval_s
         self._metrics = metrics
+        self._compute = ComputeThread()
+        """The one thread that runs torch for every model (LLM steps, embedding batches): see its module."""
         self._loaders: dict[str, RuntimeLoader] = loaders or {
             "onnx": OnnxRuntime.load,
-            "embedding": _load_embedding,
+            "embedding": functools.partial(_load_embedding, compute=self._compute),
         }
         self._models: dict[str, _Model] = {}
         self._poller: asyncio.Task[None] | None = None
@@ -115,6 +119,7 @@ class ModelManager:
                 await task
         for name in list(self._models):
             await self.unload(name)
+        self._compute.close()
 
     def served_versions(self) -> list[ServedVersion]:
         """Every version in service, of either kind."""
@@ -308,7 +313,7 @@ class ModelManager:
         ]
         try:
             # All selected versions or none: a failure stops the engines already started.
-            return dict(load_llm_versions(model_dir.name, versions, config, self._metrics))
+            return dict(load_llm_versions(model_dir.name, versions, config, self._metrics, self._compute))
         except ModelLoadError:
             raise
         except Exception as exc:  # a model must never take the server down with it
@@ -379,9 +384,9 @@ def _by_number(row: tuple[str, str, str]) -> int:
     return int(row[0])
 
 
-def _load_embedding(version_dir: Path, config: ModelConfig) -> Runtime:
+def _load_embedding(version_dir: Path, config: ModelConfig, *, compute: ComputeThread) -> Runtime:
     # torch is imported only when an embedding model is loaded: a tensor-only server stays light (and its
     # garbage collections short).
     from inferd.runtimes.embedding import EmbeddingRuntime
 
-    return EmbeddingRuntime.load(version_dir, config)
+    return compute.call(lambda: EmbeddingRuntime.load(version_dir, config, compute=compute))

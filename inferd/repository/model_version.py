@@ -25,7 +25,7 @@ from inferd.metrics.registry import Metrics
 from inferd.qos import Deadline, QoS
 from inferd.repository.model_config import ModelConfig
 from inferd.repository.statistics import VersionStats
-from inferd.runtimes.base import ModelSignature, Runtime
+from inferd.runtimes.base import ModelSignature, Runtime, SharesComputeThread
 from inferd.tensors import Array, InferRequest, InferResponse, Tensor, empty_like_spec
 from inferd.validation import batch_signature, validate
 
@@ -168,6 +168,8 @@ class ModelVersion:
         """Release a version out of service: its worker threads are not waited for, and a runtime that
         hangs is left to its thread."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._hung and isinstance(self.runtime, SharesComputeThread):
+            self.runtime.abandon_hung_call()  # other models' torch work moves off the stuck thread
         if not self._hung and not self._stopped:
             await asyncio.to_thread(self.runtime.unload)
 

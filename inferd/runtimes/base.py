@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from inferd.tensors import Array, TensorSpec
 
@@ -44,4 +44,14 @@ class Runtime(Protocol):
 
     def unload(self) -> None:
         """Release the model's resources."""
+        ...
+
+
+@runtime_checkable
+class SharesComputeThread(Protocol):
+    """A runtime whose batches run on the process's shared compute thread (torch models)."""
+
+    def abandon_hung_call(self) -> None:
+        """Its batch in progress hung: the other models' work on the compute thread moves to a fresh
+        thread."""
         ...

@@ -25,6 +25,7 @@ import torch
 from tokenizers import Tokenizer
 
 from inferd import datatypes
+from inferd.engine.compute_thread import ComputeThread
 from inferd.engine.model.bert import BertEncoder, load_bert
 from inferd.errors import InvalidInput, ModelLoadError
 from inferd.repository.model_config import ModelConfig
@@ -143,8 +144,11 @@ class EmbeddingRuntime:
         pipeline: EmbeddingPipeline,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         device: torch.device | str = "cpu",
+        compute: ComputeThread | None = None,
     ) -> None:
         self._encoder = encoder
+        self._compute = compute
+        """Where the encoder runs (the process's torch thread); the calling thread when None."""
         self._tokenizer = tokenizer
         self.pipeline = pipeline
         self._device = torch.device(device)
@@ -171,6 +175,7 @@ class EmbeddingRuntime:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         device: torch.device | str = "cpu",
         allow_pickle: bool = False,
+        compute: ComputeThread | None = None,
     ) -> EmbeddingRuntime:
         """Load a sentence-transformers folder (the demo and tests use this directly)."""
         folder = Path(folder)
@@ -189,16 +194,21 @@ class EmbeddingRuntime:
         pad_id = encoder.config.pad_token_id
         pad_token = tokenizer.id_to_token(pad_id) or "[PAD]"
         tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
-        return cls(encoder, tokenizer, pipeline, max_batch_size=max_batch_size, device=device)
+        return cls(
+            encoder, tokenizer, pipeline, max_batch_size=max_batch_size, device=device, compute=compute
+        )
 
     @classmethod
-    def load(cls, version_dir: Path, config: ModelConfig) -> EmbeddingRuntime:
-        """The repository loader: `version_dir` is a sentence-transformers folder."""
+    def load(
+        cls, version_dir: Path, config: ModelConfig, compute: ComputeThread | None = None
+    ) -> EmbeddingRuntime:
+        """The repository loader: `version_dir` is a sentence-transformers folder; the encoder runs on
+        `compute` when given."""
         max_batch = DEFAULT_MAX_BATCH_SIZE if config.max_batch_size is None else config.max_batch_size
         device = "cuda" if config.execution_provider == "cuda" else "cpu"
         if config.execution_provider == "auto" and torch.cuda.is_available():
             device = "cuda"
-        return cls.from_folder(version_dir, max_batch_size=max_batch, device=device)
+        return cls.from_folder(version_dir, max_batch_size=max_batch, device=device, compute=compute)
 
     @property
     def signature(self) -> ModelSignature:
@@ -216,6 +226,15 @@ class EmbeddingRuntime:
         if self.pipeline.do_lower_case:
             prepared = [t.lower() for t in prepared]
         encodings = self._tokenizer.encode_batch(prepared)
+        if self._compute is None:
+            return self._encode(encodings)
+        return self._compute.call(lambda: self._encode(encodings), owner=self)
+
+    def abandon_hung_call(self) -> None:
+        if self._compute is not None:
+            self._compute.abandon(self)
+
+    def _encode(self, encodings: Sequence[Any]) -> tuple[Array, Array]:
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long, device=self._device)  # [B, S]
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long, device=self._device)
         types = torch.tensor([e.type_ids for e in encodings], dtype=torch.long, device=self._device)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from inferd.engine.chat_template import ChatTemplate
+from inferd.engine.compute_thread import ComputeThread
 from inferd.engine.config import CacheConfig, EngineConfig, FairnessConfig, SchedulerConfig
 from inferd.engine.tokenizer import Tokenizer
 from inferd.errors import ModelLoadError
@@ -139,9 +140,16 @@ def generation_eos_ids(version_dir: Path) -> tuple[int, ...]:
 
 
 def load_llm_version(
-    name: str, version: str, sha256: str, version_dir: Path, config: LLMModelConfig, metrics: Metrics
+    name: str,
+    version: str,
+    sha256: str,
+    version_dir: Path,
+    config: LLMModelConfig,
+    metrics: Metrics,
+    compute: ComputeThread | None = None,
 ) -> LLMVersion:
-    """Blocking: load weights, tokenizer and chat template, and start the engine thread."""
+    """Blocking: load weights, tokenizer and chat template, and start the engine thread (its loading and
+    steps on `compute`, the process's torch thread, when given)."""
     import dataclasses
 
     from inferd.engine.async_engine import AsyncLLMEngine
@@ -164,7 +172,7 @@ def load_llm_version(
         built.append(engine)
         return engine
 
-    loop = AsyncLLMEngine(None, tokenizer, build=build, name=f"{name}-{version}")
+    loop = AsyncLLMEngine(None, tokenizer, build=build, name=f"{name}-{version}", compute=compute)
     served = LLMVersion(
         name, version, sha256, tokenizer, template, built[0].config.scheduler.max_model_len, metrics,
         default_timeout_s=config.default_timeout_ms / 1000.0 or None,
@@ -179,7 +187,11 @@ def load_llm_version(
 
 
 def load_llm_versions(
-    name: str, versions: Sequence[tuple[str, str, Path]], config: LLMModelConfig, metrics: Metrics
+    name: str,
+    versions: Sequence[tuple[str, str, Path]],
+    config: LLMModelConfig,
+    metrics: Metrics,
+    compute: ComputeThread | None = None,
 ) -> dict[str, LLMVersion]:
     """Blocking: load every (version, sha256, folder) of a model, or none. When one fails, the versions
     already loaded are shut down (engine threads stopped and joined, so their weights and KV caches are
@@ -187,7 +199,7 @@ def load_llm_versions(
     loaded: dict[str, LLMVersion] = {}
     try:
         for version, sha256, version_dir in versions:
-            loaded[version] = load_llm_version(name, version, sha256, version_dir, config, metrics)
+            loaded[version] = load_llm_version(name, version, sha256, version_dir, config, metrics, compute)
     except BaseException:
         for version, served in loaded.items():
             served.engine.close()

@@ -19,6 +19,7 @@ from inferd.engine import (
     SchedulerStats,
 )
 from inferd.engine.async_engine import AsyncLLMEngine
+from inferd.engine.compute_thread import ComputeThread
 from inferd.errors import DeadlineExceeded, ExecutionFailed, NotReady, QueueFull
 from tests.engine.fakes import FakeRunner
 from tests.engine.helpers import BS, make_scheduler
@@ -124,6 +125,32 @@ async def test_build_runs_on_the_engine_thread() -> None:
         assert [c.token_ids for c in [c async for c in stream]] == [(2,), (2,)]
     finally:
         await asyncio.to_thread(engine.close)
+
+
+async def test_with_a_compute_thread_build_and_steps_run_there() -> None:
+    compute = ComputeThread()
+    built_on: list[int] = []
+    stepped_on: set[int] = set()
+
+    class Recording(FakeEngine):
+        def step(self) -> list[RequestUpdate]:
+            stepped_on.add(threading.get_ident())
+            return super().step()
+
+    def build() -> FakeEngine:
+        built_on.append(threading.get_ident())
+        return Recording()
+
+    engine = AsyncLLMEngine(None, tokenizer(), build=build, compute=compute)
+    try:
+        stream = await engine.generate([3, 4], SamplingParams(max_tokens=3))
+        assert [c.token_ids for c in [c async for c in stream]] == [(2,), (2,), (2,)]
+        on_compute = compute.call(threading.get_ident)
+        assert built_on == [on_compute] and stepped_on == {on_compute}
+        assert engine._thread.ident != on_compute
+    finally:
+        await asyncio.to_thread(engine.close)
+        compute.close()
 
 
 def test_a_failing_build_is_raised_and_leaves_no_thread() -> None:
