@@ -13,8 +13,9 @@ once the process holds more pool threads than CPUs every parallel region pays a 
 instead of a spin (measured on 2 cores: 31 ms per decode step when the engine steps on the thread that loaded
 it, 49 ms when it steps on another). Given a `compute` thread (the server gives every model the same
 one), the build and each step run there instead, so the whole process keeps one OpenMP pool
-(`compute_thread`); commands, detokenization and stop strings stay on the loop's own thread. A crash of the loop fails every open stream with `ExecutionFailed`
-and refuses later requests (`NotReady`), sets `failure` and calls `on_failure`: never a silent hang.
+(`compute_thread`); commands, detokenization and stop strings stay on the loop's own thread. A crash of
+the loop fails every open stream with `ExecutionFailed` and refuses later requests (`NotReady`), sets
+`failure` and calls `on_failure`: never a silent hang.
 
 Admission: `generate` refuses at once (QueueFull, without waiting for the engine thread) when the
 scheduler's waiting queue plus the requests on their way to it are at the scheduler's bounds; the engine
