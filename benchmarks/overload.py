@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     args.seconds = 15.0 if args.quick else 60.0
-    args.b_interval, b_requests = (0.25, 12) if args.quick else (1.0, 30)
+    args.b_interval, b_requests = (0.25, 12) if args.quick else (1.0, 60)
     started = time.monotonic()
     set_openmp_defaults()  # as `inferd serve` does, before torch loads
     # This process's torch work runs on one thread, as in the server: a second thread that ran torch
