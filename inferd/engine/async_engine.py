@@ -341,8 +341,7 @@ class AsyncLLMEngine:
                 for command in inbox:
                     self._apply(command)
                 if self.engine.has_unfinished_requests():
-                    self._step_started = time.monotonic()
-                    updates = self._on_compute(self.engine.step)
+                    updates = self._on_compute(self._timed_step)
                     self._step_started = None
                     self._process(updates)
                     self._fail_expired()
@@ -371,6 +370,11 @@ class AsyncLLMEngine:
             stream.post(failure)
         self._streams.clear()
         self._samples.clear()
+
+    def _timed_step(self) -> list[RequestUpdate]:
+        # Timed from where it runs: a step queued behind another model's on the compute thread is not hung.
+        self._step_started = time.monotonic()
+        return self.engine.step()
 
     def _on_compute(self, fn: Callable[[], _T]) -> _T:
         return fn() if self._compute is None else self._compute.call(fn, owner=self)

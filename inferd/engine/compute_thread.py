@@ -10,7 +10,10 @@ A server hosts many models, so their torch work shares this one thread (and its 
 a time, in arrival order, which on a CPU whose cores each call uses anyway costs no parallelism.
 
 Torch-free: it runs any callable. A call that hangs (a hung device or kernel) can be abandoned: the calls
-queued behind it move to a fresh thread, and the stuck one keeps its thread.
+queued behind it move to a fresh thread, and the stuck one keeps its thread. Calls are served in arrival
+order and each model has at most one in the queue, so a model waits at most one call of each other model:
+an LLM's hung-step watchdog times a step from when it starts here; an embedding model's
+`execution_timeout_s` also counts that wait.
 
 `set_openmp_defaults` (the server calls it before torch loads) makes that pool's workers spin for about
 200 ms after a parallel region before they sleep, as Intel's OpenMP does by default (libgomp: about 4 ms).

@@ -153,6 +153,31 @@ async def test_with_a_compute_thread_build_and_steps_run_there() -> None:
         compute.close()
 
 
+async def test_a_step_queued_behind_another_models_work_is_not_counted_as_running() -> None:
+    compute = ComputeThread()
+    started, release = threading.Event(), threading.Event()
+
+    def other_model() -> None:
+        started.set()
+        release.wait(10)
+
+    blocker = threading.Thread(target=compute.call, args=(other_model,))
+    blocker.start()
+    assert started.wait(5)
+    engine = AsyncLLMEngine(FakeEngine(), tokenizer(), compute=compute)
+    try:
+        stream = await engine.generate([3, 4], SamplingParams(max_tokens=2))
+        await asyncio.sleep(0.2)  # its step waits for the compute thread
+        assert engine.step_seconds == 0.0  # a watchdog must not take it for a hung step
+        release.set()
+        assert [c.token_ids for c in [c async for c in stream]] == [(2,), (2,)]
+    finally:
+        release.set()
+        blocker.join(5)
+        await asyncio.to_thread(engine.close)
+        compute.close()
+
+
 def test_a_failing_build_is_raised_and_leaves_no_thread() -> None:
     def build() -> FakeEngine:
         raise RuntimeError("no weights")
