@@ -12,9 +12,8 @@ a time, in arrival order, which on a CPU whose cores each call uses anyway costs
 Torch-free: it runs any callable. A call that hangs (a hung device or kernel) can be abandoned: the calls
 queued behind it move to a fresh thread, and the stuck one keeps its thread. Calls are served in arrival
 order; an LLM has at most one step queued and an embedding model one batch per instance, so a call waits
-for at most those of the other models:
-an LLM's hung-step watchdog times a step from when it starts here; an embedding model's
-`execution_timeout_s` also counts that wait.
+for at most those of the other models. An LLM's hung-step watchdog times a step from when it starts here;
+an embedding model's `execution_timeout_s` also counts that wait.
 
 `set_openmp_defaults` (the server calls it before torch loads) makes that pool's workers spin for about
 200 ms after a parallel region before they sleep, as Intel's OpenMP does by default (libgomp: about 4 ms).
