@@ -94,7 +94,7 @@ class ComputeThread:
             if running is None or running.owner is not owner or owner is None:
                 return False
             self._running = None
-            if not self._closed:
+            if not self._closed or self._queue:  # closed: the fresh thread still runs what is queued
                 self._start_worker()
             return True
 
