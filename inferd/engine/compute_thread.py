@@ -65,7 +65,7 @@ class ComputeThread:
         self._running: _Call | None = None
         self._closed = False
         self._generation = 0
-        self._worker: threading.Thread | None = None
+        """Which worker takes calls (0: none started yet); a replaced worker ends after its call."""
         self._local = threading.local()
 
     def call(self, fn: Callable[[], T], *, owner: object = None) -> T:
@@ -77,7 +77,7 @@ class ComputeThread:
         with self._cv:
             if self._closed:
                 raise RuntimeError("the compute thread is closed")
-            if self._worker is None:
+            if self._generation == 0:
                 self._start_worker()
             self._queue.append(item)
             self._cv.notify()
@@ -106,10 +106,7 @@ class ComputeThread:
 
     def _start_worker(self) -> None:
         self._generation += 1
-        self._worker = threading.Thread(
-            target=self._run, args=(self._generation,), name=self._name, daemon=True
-        )
-        self._worker.start()
+        threading.Thread(target=self._run, args=(self._generation,), name=self._name, daemon=True).start()
 
     def _run(self, generation: int) -> None:
         self._local.inside = True

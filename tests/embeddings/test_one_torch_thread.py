@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -43,7 +42,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     yield from start_server(config)
 
 
-def test_embeddings_and_two_llms_share_one_torch_thread(served: RunningServer, tmp_path: Path) -> None:
+def test_embeddings_and_two_llms_share_one_torch_thread(served: RunningServer) -> None:
     manager = served.server.manager
     modules: list[torch.nn.Module] = [
         manager.get("minilm").runtime._encoder,  # type: ignore[attr-defined]
