@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inferd.engine import SamplingParams
-from inferd.engine.sampler import Sampler, SamplingState
+from inferd.engine.sampler import Sampler, SamplingState, invert_cdf
 
 CPU = torch.device("cpu")
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, 3.0]])  # token 5 most likely, then 0, 1, 2, 3, 4
@@ -41,6 +41,30 @@ def test_sampling_follows_the_distribution() -> None:
     counts = draw(SamplingParams(temperature=1.0)).float() / 4000
     expected = LOGITS[0].softmax(-1)
     assert torch.allclose(counts, expected, atol=0.03)
+
+
+def test_sampling_follows_a_large_vocabulary() -> None:
+    """Mass on a few tokens among thousands of tiny ones: each share, and the tail's, is drawn at its rate."""
+    logits = torch.full((1, 8192), -8.0)
+    logits[0, [3, 5000, 8191]] = torch.tensor([2.0, 1.0, 0.0])
+    rows = 2000
+    s = sampler(3)
+    out = s.sample(logits.expand(rows, -1).contiguous(), states(s, SamplingParams(temperature=1.0), rows))
+    counts = torch.bincount(torch.tensor(out.token_ids), minlength=8192).double() / rows
+    expected = logits[0].double().softmax(-1)
+    for token in (3, 5000, 8191):
+        assert abs(counts[token] - expected[token]) < 0.03
+    tail = 1 - expected[[3, 5000, 8191]].sum()  # about 0.2, spread over 8,189 tokens
+    assert abs((1 - counts[[3, 5000, 8191]].sum()) - tail) < 0.03
+
+
+def test_inverting_the_cdf_picks_the_token_whose_interval_holds_the_uniform() -> None:
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.5, 0.25, 0.0]] * 6)
+    uniforms = torch.tensor([0.0, 0.2499, 0.25, 0.7499, 0.75, 1 - 2**-53], dtype=torch.float64)
+    assert invert_cdf(probs, uniforms).tolist() == [1, 1, 3, 3, 4, 4]  # zero-probability tokens never
+    unnormalized = torch.tensor([[1e-30, 0.0, 3.0]])  # the total need not be 1; a tiny share still counts
+    assert invert_cdf(unnormalized, torch.tensor([0.0], dtype=torch.float64)).tolist() == [0]
+    assert invert_cdf(unnormalized, torch.tensor([1e-20], dtype=torch.float64)).tolist() == [2]
 
 
 def test_temperature_sharpens() -> None:
