@@ -162,7 +162,8 @@ class Sampler:
             if state.generator is not None:
                 assert state.params.seed is not None
                 state.generator.manual_seed(step_seed(state.params.seed, len(state.output_token_ids)))
-                uniforms[i] = torch.rand(1, dtype=torch.float64, generator=state.generator, device=self.device)
+                generator = state.generator
+                uniforms[i] = torch.rand(1, dtype=torch.float64, generator=generator, device=self.device)
         return uniforms
 
     def _logprobs(
