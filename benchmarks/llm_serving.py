@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,8 @@ class Plan:
     prefix_requests: int = 32
     prefix_concurrency: int = 8
     hf_batch1_repeats: int = 2
+    max_num_batched_tokens: int = 2048
+    """The served models' step token budget."""
 
 
 QUICK = Plan(c1_requests=3, c32_requests=32, prefix_output_len=8, prefix_requests=8, prefix_concurrency=4,
@@ -87,13 +89,13 @@ def build_model(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False}))
 
 
-def write_repository(repo: Path, weights: Path, caching: bool, max_len: int) -> str:
+def write_repository(repo: Path, weights: Path, caching: bool, max_len: int, step_tokens: int) -> str:
     name = "smollm" if caching else "smollm_nocache"
     (repo / name).mkdir(parents=True)
     (repo / name / "1").symlink_to(weights, target_is_directory=True)
     (repo / name / "config.yaml").write_text(
         "runtime: llm\ndtype: bfloat16\n"
-        f"max_model_len: {max_len}\nmax_num_seqs: 32\nmax_num_batched_tokens: 2048\n"
+        f"max_model_len: {max_len}\nmax_num_seqs: 32\nmax_num_batched_tokens: {step_tokens}\n"
         f"kv_cache_memory: {1_500_000_000}\nenable_prefix_caching: {'true' if caching else 'false'}\n"
     )
     return name
@@ -195,9 +197,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, shorter prefix-case outputs")
     parser.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--max-num-batched-tokens", type=int, default=2048, help="the served models' step token budget"
+    )
     parser.add_argument("--note", action="append", default=[], help="a paragraph to add to the results")
     args = parser.parse_args()
-    plan = QUICK if args.quick else Plan()
+    plan = replace(QUICK if args.quick else Plan(), max_num_batched_tokens=args.max_num_batched_tokens)
     started, t0 = datetime.now(UTC), time.perf_counter()
     load_avg = os.getloadavg()[0]
     others = ForeignCpu()
@@ -210,8 +215,8 @@ def main() -> int:
         print(f"  {json.dumps({k: round(v, 2) for k, v in hf.items()})}", flush=True)
         max_len = plan.prefix_len + plan.prefix_suffix_len + max(plan.prefix_output_len, plan.output_len) + 16
         repo_on, repo_off = Path(tmp) / "repo-on", Path(tmp) / "repo-off"
-        on = write_repository(repo_on, weights, True, max_len)
-        off = write_repository(repo_off, weights, False, max_len)
+        on = write_repository(repo_on, weights, True, max_len, plan.max_num_batched_tokens)
+        off = write_repository(repo_off, weights, False, max_len, plan.max_num_batched_tokens)
         runs: dict[str, dict[str, Any]] = {}
         shape = dict(input_len=plan.input_len, output_len=plan.output_len)
         prefix = dict(input_len=plan.prefix_len + plan.prefix_suffix_len, output_len=plan.prefix_output_len,
@@ -269,9 +274,9 @@ def report(
         "Model: random-weight Llama shaped like SmolLM2-135M (hidden 576, 30 layers, 9 heads / 3 KV heads, "
         "intermediate 1536, vocab 49152, tied embeddings), bfloat16. Prompts are random token ids; every "
         "request generates exactly its output length (`ignore_eos`; HF: `min_new_tokens`), greedy. inferd: "
-        "`max_num_seqs` 32, `max_num_batched_tokens` 2048, one server process; the load generator "
-        "(`inferd bench openai`, closed loop) runs in the benchmark process. HF baselines run in process, "
-        "alone, the better of two runs at batch 32; each served case is one run.",
+        f"`max_num_seqs` 32, `max_num_batched_tokens` {plan.max_num_batched_tokens}, one server process; "
+        "the load generator (`inferd bench openai`, closed loop) runs in the benchmark process. HF "
+        "baselines run in process, alone, the better of two runs at batch 32; each served case is one run.",
         "",
         "### Hugging Face transformers baselines",
         "",
