@@ -79,6 +79,8 @@ class OpenAIBenchOptions:
     """Print a progress line on stderr."""
     api_key: str | None = None
     """Sent as `Authorization: Bearer`."""
+    temperature: float = 0.0
+    """Sampling temperature of every request (0: greedy)."""
 
     def __post_init__(self) -> None:
         check_load_shape(self.concurrency, self.rate)
@@ -88,6 +90,8 @@ class OpenAIBenchOptions:
             raise ValueError("shared_prefix_len must be within 0..input_len")
         if self.vocab_size < 2 or self.warmup_requests < 0 or self.timeout_s <= 0:
             raise ValueError("vocab_size must be >= 2, warmup_requests >= 0, timeout > 0")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError("temperature must be a finite number >= 0")
 
     @property
     def completions_url(self) -> str:
@@ -253,7 +257,7 @@ async def _one(
         "model": opts.model,
         "prompt": prompt,
         "max_tokens": opts.output_len,
-        "temperature": 0.0,
+        "temperature": opts.temperature,
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -420,6 +424,9 @@ def add_openai_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
     parser.add_argument("--seed", type=int, default=0, help="seed of prompts and arrivals")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_api_key_argument(parser)
     add_profile_arguments(parser)
@@ -444,6 +451,7 @@ def options_from_args(args: argparse.Namespace) -> OpenAIBenchOptions:
         seed=args.seed,
         progress=not args.json and sys.stderr.isatty(),
         api_key=args.api_key,
+        temperature=args.temperature,
     )
 
 

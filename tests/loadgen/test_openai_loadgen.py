@@ -62,6 +62,9 @@ def test_options_are_validated() -> None:
         OpenAIBenchOptions("u", "m", 8, 8, 1, concurrency=2, rate=1.0)
     with pytest.raises(ValueError):
         OpenAIBenchOptions("u", "m", 8, 8, 1, shared_prefix_len=9)
+    for temperature in (-0.5, math.nan, math.inf):
+        with pytest.raises(ValueError, match="temperature"):
+            OpenAIBenchOptions("u", "m", 8, 8, 1, temperature=temperature)
     assert OpenAIBenchOptions("127.0.0.1:1/v1/", "m", 8, 8, 1).completions_url == (
         "http://127.0.0.1:1/v1/completions"
     )
@@ -123,6 +126,7 @@ async def test_closed_loop_run_with_shared_prefix(server: RunningServer) -> None
 def test_cli_json(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "openai", "--url", f"http://{server.http_url}", "--model", "tiny", "--input-len", "8"]
     argv += ["--output-len", "4", "--rate", "50", "--num-requests", "3", "--vocab-size", str(VOCAB), "--json"]
+    argv += ["--temperature", "0.8"]  # sampled, still exactly 4 tokens each (ignore_eos)
     assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] == 3 and doc["mode"] == "open" and doc["output_tokens"] == 12
