@@ -190,7 +190,8 @@ def _command(o: Any) -> str:
     cmd = f"inferd bench openai --url URL --model {o.model} --input-len {o.input_len}"
     cmd += f" --output-len {o.output_len}"
     cmd += f" --concurrency {o.concurrency} --num-requests {o.num_requests} --vocab-size {o.vocab_size}"
-    return cmd + (f" --shared-prefix-len {o.shared_prefix_len}" if o.shared_prefix_len else "")
+    cmd += f" --shared-prefix-len {o.shared_prefix_len}" if o.shared_prefix_len else ""
+    return cmd + (f" --temperature {o.temperature:g}" if o.temperature else "")
 
 
 def main() -> int:
@@ -227,6 +228,9 @@ def main() -> int:
             runs["c1"] = load(url, on, concurrency=1, num_requests=plan.c1_requests, seed=1, **shape)
             runs["c32"] = load(
                 url, on, concurrency=32, num_requests=plan.c32_requests, warmup_requests=2, seed=2, **shape
+            )
+            runs["c32_sampled"] = load(
+                url, on, concurrency=32, num_requests=plan.c32_requests, seed=4, temperature=1.0, **shape
             )
             runs["prefix_on"] = load(url, on, seed=3, **prefix)
         print("inferd, prefix caching off ...", flush=True)
@@ -293,7 +297,10 @@ def report(
         "TPOT p50 / p99 ms | ITL p50 / p99 ms | e2e p50 / p99 ms | cached tokens | errors |",
         "|---|---:|---:|---|---:|---:|---|---|---|---|---:|---:|",
     ]
-    for name, r in (("c=1", c1), ("c=32", c32), ("prefix, caching on", pon), ("prefix, caching off", poff)):
+    sampled = runs["c32_sampled"]
+    cases = [("c=1", c1), ("c=32", c32), ("c=32, temperature 1", sampled), ("prefix, caching on", pon),
+             ("prefix, caching off", poff)]  # fmt: skip
+    for name, r in cases:
         t, p, i, e = r["ttft_ms"], r["tpot_ms"], r["itl_ms"], r["e2e_ms"]
         shared = f" ({r['shared_prefix_len']})" if r["shared_prefix_len"] else ""
         lines.append(
@@ -304,7 +311,7 @@ def report(
             f"{_f(e['p50_ms'])} / {_f(e['p99_ms'])} | {r['cached_tokens']} | {sum(r['errors'].values())} |"
         )
     lines += ["", "Load commands (URL = the server's HTTP address):", ""]
-    lines += [f"- `{r['command']}`" for r in (c1, c32, pon, poff)]
+    lines += [f"- `{r['command']}`" for _, r in cases]
     lines += ["", "### Against the targets", "", "| measure | value | target | met |", "|---|---:|---|---|"]
     for label, value, target, op, bound in ratios:
         met = "-" if not op else ("yes" if (value >= bound if op == ">=" else value <= bound) else "no")

@@ -153,7 +153,9 @@ class Sampler:
             min_p = torch.tensor([p.min_p for p in params], dtype=probs.dtype, device=probs.device)
             threshold = probs.max(-1, keepdim=True).values * min_p.unsqueeze(1)
             probs = probs.masked_fill(probs < threshold, 0.0)
-        return invert_cdf(probs, self._uniforms(states))
+        tokens = invert_cdf(probs, self._uniforms(states))
+        # a row scaled to infinities (a tiny temperature or penalty) has no distribution: its largest logit
+        return torch.where(tokens >= 0, tokens, logits.argmax(-1))
 
     def _uniforms(self, states: Sequence[SamplingState]) -> torch.Tensor:
         """One float64 uniform in [0, 1) per row: seeded rows from their own re-seeded generator."""
@@ -199,10 +201,13 @@ def _top_k_top_p(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torc
 
 def invert_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Tokens [R]: row r's first index whose cumulative probability exceeds `uniforms[r]` times the row's
-    total. probs [R, vocab] are non-negative with a positive sum; they need not be normalized. A token of
-    probability 0 is never drawn: its cumulative sum equals its predecessor's, so it never first exceeds."""
+    total, or -1 where the total is not a finite positive number (NaN or infinite probabilities). probs
+    [R, vocab] need not be normalized. A token of probability 0 is never drawn: its cumulative sum equals its
+    predecessor's, so it never first exceeds."""
     cumulative = probs.to(torch.float64).cumsum_(-1)  # [R, vocab], non-decreasing
     total = cumulative[:, -1:]  # [R, 1]
     # strictly below the total, so some index exceeds it even when u * total rounds up
     targets = torch.minimum(uniforms.unsqueeze(1) * total, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cumulative, targets, right=True).squeeze(1)
+    drawn = torch.searchsorted(cumulative, targets, right=True).squeeze(1)
+    valid = (torch.isfinite(total) & (total > 0)).squeeze(1)
+    return torch.where(valid, drawn.clamp_(max=probs.shape[1] - 1), -1)

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from inferd.errors import InvalidInput
 
+GREEDY_BELOW = 1e-5
+"""Temperatures below this decode greedily."""
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
@@ -19,7 +22,7 @@ class SamplingParams:
     """Completions to generate for the prompt; the scheduler runs them as `n` requests sharing the prompt's
     KV blocks."""
     temperature: float = 1.0
-    """Softmax temperature; 0 means greedy decoding."""
+    """Softmax temperature; 0 (or anything below `GREEDY_BELOW`) means greedy decoding."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p` (1 = off)."""
     top_k: int = 0
@@ -76,5 +79,6 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        """True when decoding picks the most likely token."""
-        return self.temperature == 0.0
+        """True when decoding picks the most likely token: a temperature below `GREEDY_BELOW` (as vLLM's);
+        dividing float32 logits by less would overflow them to infinities."""
+        return self.temperature < GREEDY_BELOW

@@ -62,9 +62,28 @@ def test_inverting_the_cdf_picks_the_token_whose_interval_holds_the_uniform() ->
     probs = torch.tensor([[0.0, 0.25, 0.0, 0.5, 0.25, 0.0]] * 6)
     uniforms = torch.tensor([0.0, 0.2499, 0.25, 0.7499, 0.75, 1 - 2**-53], dtype=torch.float64)
     assert invert_cdf(probs, uniforms).tolist() == [1, 1, 3, 3, 4, 4]  # zero-probability tokens never
+    broken = torch.tensor([[0.5, math.nan, 0.5], [math.inf, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    assert invert_cdf(broken, torch.tensor([0.5] * 3, dtype=torch.float64)).tolist() == [-1, -1, -1]
     unnormalized = torch.tensor([[1e-30, 0.0, 3.0]])  # the total need not be 1; a tiny share still counts
     assert invert_cdf(unnormalized, torch.tensor([0.0], dtype=torch.float64)).tolist() == [0]
     assert invert_cdf(unnormalized, torch.tensor([1e-20], dtype=torch.float64)).tolist() == [2]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1e-300),  # below GREEDY_BELOW: greedy (1e-300 is 0 in float32)
+        SamplingParams(temperature=2e-5),  # logits / temperature stay finite
+        SamplingParams(temperature=1.0, repetition_penalty=5e-324),  # a seen token's logit / penalty: inf
+        SamplingParams(temperature=1.0, top_p=0.5, repetition_penalty=5e-324),
+    ],
+)
+def test_infinite_scaling_draws_the_largest_logit(params: SamplingParams) -> None:
+    s = sampler()
+    out = s.sample(LOGITS.expand(3, -1).contiguous(), states(s, params, 3, prompt=(5,)))
+    assert all(0 <= t < VOCAB for t in out.token_ids)
+    if params.repetition_penalty == 1.0:
+        assert out.token_ids == [5, 5, 5]  # the argmax, as greedy would
 
 
 def test_temperature_sharpens() -> None:
