@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inferd.engine import SamplingParams
 from inferd.engine.sampler import Sampler, SamplingState, invert_cdf
@@ -164,3 +166,50 @@ def test_mixed_batch() -> None:
     out = s.sample(LOGITS.expand(4, -1).contiguous(), rows)
     assert out.token_ids == [5, 5, 5, 5]
     assert [lp is not None for lp in out.logprobs] == [False, False, True, False]
+
+
+_EXTREME = st.sampled_from([0.0, 1e-300, 1e-6, 1e-5, 2e-5, 0.3, 1.0, 7.0, 1e5, 1e30, 1e300])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    temperature=_EXTREME,
+    top_p=st.sampled_from([1e-300, 1e-6, 0.5, 0.99, 1.0]),
+    top_k=st.sampled_from([0, 1, 2, 5, 10_000]),
+    min_p=st.sampled_from([0.0, 1e-300, 0.5, 1.0]),
+    repetition_penalty=st.sampled_from([5e-324, 1e-30, 0.5, 1.0, 2.0, 1e30, 1e308]),
+    presence_penalty=st.sampled_from([-2.0, 0.0, 2.0]),
+    frequency_penalty=st.sampled_from([-2.0, 0.0, 2.0]),
+    seed=st.none() | st.integers(0, 2**63 - 1),
+    logprobs=st.booleans(),
+    scale=st.sampled_from([1e-30, 1.0, 1e4, 1e30]),
+)
+def test_any_valid_parameters_draw_a_token_of_the_vocabulary(
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    min_p: float,
+    repetition_penalty: float,
+    presence_penalty: float,
+    frequency_penalty: float,
+    seed: int | None,
+    logprobs: bool,
+    scale: float,
+) -> None:
+    """Extreme but valid parameters and logits never crash the step or yield an id outside the vocabulary."""
+    params = SamplingParams(
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        seed=seed,
+        logprobs=logprobs,
+        top_logprobs=3 if logprobs else 0,
+    )
+    s = sampler()
+    rows = [s.new_state(params, (5, 0), [5, 1, 5]), s.new_state(SamplingParams(temperature=1.0), (0,), [])]
+    out = s.sample((LOGITS * scale).expand(2, -1).contiguous(), rows)
+    assert all(0 <= t < VOCAB for t in out.token_ids)
