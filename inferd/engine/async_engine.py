@@ -13,9 +13,10 @@ once the process holds more pool threads than CPUs every parallel region pays a 
 instead of a spin (measured on 2 cores: 31 ms per decode step when the engine steps on the thread that loaded
 it, 49 ms when it steps on another). Given a `compute` thread (the server gives every model the same
 one), the build and each step run there instead, so the whole process keeps one OpenMP pool
-(`compute_thread`); commands, detokenization and stop strings stay on the loop's own thread. A crash of
-the loop fails every open stream with `ExecutionFailed` and refuses later requests (`NotReady`), sets
-`failure` and calls `on_failure`: never a silent hang.
+(`compute_thread`); commands, detokenization and stop strings stay on the loop's own thread. A request
+whose own step failed (its sampling raised: `RequestUpdate.error`) fails alone with `ExecutionFailed`; a
+crash of the loop fails every open stream with `ExecutionFailed` and refuses later requests (`NotReady`),
+sets `failure` and calls `on_failure`: never a silent hang.
 
 Admission: `generate` refuses at once (QueueFull, without waiting for the engine thread) when the
 scheduler's waiting queue plus the requests on their way to it are at the scheduler's bounds; the engine
@@ -42,7 +43,7 @@ from inferd.engine.request import FinishReason
 from inferd.engine.sampling_params import SamplingParams
 from inferd.engine.scheduler import Scheduler
 from inferd.engine.tokenizer import IncrementalDetokenizer, Tokenizer
-from inferd.errors import DeadlineExceeded, ExecutionFailed, NotReady
+from inferd.errors import DeadlineExceeded, ExecutionFailed, InferdError, NotReady
 from inferd.generation import GenerationChunk, TokenLogprob, Usage
 
 log = logging.getLogger("inferd.engine")
@@ -427,6 +428,9 @@ class AsyncLLMEngine:
             sample = self._samples.get(update.request_id)
             if sample is None:
                 continue
+            if update.error is not None:
+                self._fail_stream(sample.stream, ExecutionFailed(update.error), posts)
+                continue
             delta = sample.detokenizer.add(update.new_token_ids)
             finish, stop_reason = update.finish_reason, update.stop_reason
             text = delta.text
@@ -457,17 +461,24 @@ class AsyncLLMEngine:
 
     def _fail_expired(self) -> None:
         """Fail the streams of requests the scheduler dropped at their deadline."""
+        error = DeadlineExceeded("the request's deadline passed before its first token (LLM engine)")
+        posts: list[tuple[RequestStream, _Item]] = []
         for sample_id in self.engine.scheduler.take_expired():
-            sample = self._samples.pop(sample_id, None)
-            if sample is None:
-                continue
-            stream = sample.stream
-            if self._streams.pop(stream.request_id, None) is None:
-                continue  # another sample of the same request already failed it
-            self.engine.abort_requests([stream.request_id])
-            for other in [k for k, v in self._samples.items() if v.stream is stream]:
-                del self._samples[other]
-            stream.post(DeadlineExceeded("the request's deadline passed before its first token (LLM engine)"))
+            sample = self._samples.get(sample_id)
+            if sample is not None:
+                self._fail_stream(sample.stream, error, posts)
+        _post_all(posts)
+
+    def _fail_stream(
+        self, stream: RequestStream, error: InferdError, posts: list[tuple[RequestStream, _Item]]
+    ) -> None:
+        """End a request with `error`: all its samples are aborted (a request fails as a whole)."""
+        for sample_id in [k for k, v in self._samples.items() if v.stream is stream]:
+            del self._samples[sample_id]
+        if self._streams.pop(stream.request_id, None) is None:
+            return  # another sample of the same request already failed it
+        self.engine.abort_requests([stream.request_id])
+        posts.append((stream, error))
 
     def _logprobs(self, update: RequestUpdate) -> tuple[TokenLogprob, ...]:
         if not update.logprobs:

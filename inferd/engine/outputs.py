@@ -101,6 +101,9 @@ class RunnerOutput:
     """One token per request scheduled with `sample` set; other entries are ignored."""
     logprobs: Mapping[str, SampleLogprobs] = field(default_factory=dict)
     """For requests whose sampling params ask for logprobs."""
+    failed: Mapping[str, str] = field(default_factory=dict)
+    """Requests whose sampling raised (their parameters made it fail), with the error; they get no token
+    and the scheduler finishes them, while the rest of the step stands."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,8 @@ class RequestUpdate:
     """The stop token id that finished it, if one did."""
     num_cached_tokens: int = 0
     """Prompt tokens served from the prefix cache or a sibling sample (usage.cached_tokens)."""
+    error: str | None = None
+    """Set when the request failed in this step (see `RunnerOutput.failed`); it is finished (abort)."""
 
     @property
     def finished(self) -> bool:

@@ -147,16 +147,38 @@ class ModelRunner:
                 batch.input_ids, batch.cos, batch.sin, self.kv_caches, batch.meta, batch.logits_indices
             )
             states = [self._requests[rid].sampling for rid in batch.sample_ids]
-            result = self.sampler.sample(logits, states)
+            try:
+                rows = list(zip(batch.sample_ids, self.sampler.sample(logits, states).rows(), strict=True))
+                failed: dict[str, str] = {}
+            except Exception:
+                rows, failed = self._sample_apart(logits, batch.sample_ids)
         sampled: dict[str, int] = {}
         logprobs: dict[str, SampleLogprobs] = {}
-        rows = zip(batch.sample_ids, states, result.token_ids, result.logprobs, strict=True)
-        for rid, state, token, lp in rows:
-            state.append(token)
+        for rid, (token, lp) in rows:
+            self._requests[rid].sampling.append(token)
             sampled[rid] = token
             if lp is not None:
                 logprobs[rid] = lp
-        return RunnerOutput(sampled, logprobs)
+        return RunnerOutput(sampled, logprobs, failed)
+
+    def _sample_apart(
+        self, logits: torch.Tensor, sample_ids: list[str]
+    ) -> tuple[list[tuple[str, tuple[int, SampleLogprobs | None]]], dict[str, str]]:
+        """Sampling the step's rows together raised: sample each alone, so the requests whose parameters
+        make it fail fail alone, and the others (of every tenant) go on. Sampling touches no KV, so a
+        failed row leaves nothing to repair; were the sampler broken for everyone, every request would
+        fail this way, each with the error."""
+        rows: list[tuple[str, tuple[int, SampleLogprobs | None]]] = []
+        failed: dict[str, str] = {}
+        for i, rid in enumerate(sample_ids):
+            try:
+                out = self.sampler.sample(logits[i : i + 1], [self._requests[rid].sampling])
+            except Exception as exc:
+                logger.exception("request %s: sampling failed", rid)
+                failed[rid] = f"sampling failed: {type(exc).__name__}: {exc}"
+                continue
+            rows.append((rid, out.rows()[0]))
+        return rows, failed
 
     def _update_states(self, out: SchedulerOutput) -> None:
         for rid in out.preempted_request_ids | out.finished_request_ids:

@@ -65,6 +65,10 @@ class SamplerOutput:
     token_ids: list[int]
     logprobs: list[SampleLogprobs | None]
 
+    def rows(self) -> list[tuple[int, SampleLogprobs | None]]:
+        """(token, logprobs) of each row."""
+        return list(zip(self.token_ids, self.logprobs, strict=True))
+
 
 class Sampler:
     """Samples one token per row of a logits batch."""

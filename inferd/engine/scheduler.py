@@ -374,7 +374,8 @@ class Scheduler:
         self, scheduler_output: SchedulerOutput, runner_output: RunnerOutput
     ) -> list[RequestUpdate]:
         """Apply a step's results: cache newly computed blocks, append sampled tokens, finish requests that
-        hit a token-based stop condition (EOS, stop token, max_tokens, max_model_len)."""
+        hit a token-based stop condition (EOS, stop token, max_tokens, max_model_len) or whose sampling
+        failed."""
         updates: list[RequestUpdate] = []
         for rid in scheduler_output.num_scheduled_tokens:
             request = self._requests.get(rid)
@@ -382,6 +383,11 @@ class Scheduler:
                 continue
             self.kv_cache.cache_computed_blocks(request)
             if request.num_computed_tokens < request.num_tokens:  # a prefill chunk: nothing to sample
+                continue
+            error = runner_output.failed.get(rid)
+            if error is not None:
+                self._finish(request, FinishReason.ABORT, None)
+                updates.append(RequestUpdate(rid, (), finish_reason=FinishReason.ABORT, error=error))
                 continue
             token = runner_output.sampled_token_ids.get(rid)
             if token is None:

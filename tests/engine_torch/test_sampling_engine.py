@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 from inferd.engine import CacheConfig, EngineConfig, SamplingParams, SchedulerConfig
 from inferd.engine.llm_engine import LLMEngine
+from inferd.engine.request import FinishReason
+from inferd.engine.sampler import SamplerOutput, SamplingState
 from tests.engine_torch.models import TinyModel, build_tiny_model
 from tests.engine_torch.test_parity import PROMPTS
 
@@ -76,3 +80,47 @@ def test_logprobs_through_the_engine(tiny: TinyModel) -> None:
         assert lp.top_token_ids[0] == update.new_token_ids[0]  # greedy: the most likely token
         assert lp.logprob == pytest.approx(lp.top_logprobs[0])
     assert updates[-1].finished
+
+
+POISON_TOP_K = 13
+
+
+def poison_sampler(eng: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the sampler raises for any batch holding a request with top_k POISON_TOP_K."""
+    sampler = eng.runner.sampler
+    real = sampler.sample
+
+    def sample(logits: torch.Tensor, states: Sequence[SamplingState]) -> SamplerOutput:
+        if any(s.params.top_k == POISON_TOP_K for s in states):
+            raise RuntimeError("injected sampling fault")
+        return real(logits, states)
+
+    monkeypatch.setattr(sampler, "sample", sample)
+
+
+def test_a_request_whose_sampling_fails_fails_alone(tiny: TinyModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    greedy = SamplingParams(temperature=0.0, max_tokens=12)
+    alone = engine(tiny.path).generate(PROMPTS[:2], greedy)
+    eng = engine(tiny.path)
+    poison_sampler(eng, monkeypatch)
+    poison = SamplingParams(temperature=1.0, top_k=POISON_TOP_K, n=2, max_tokens=12)
+    poisoned = eng.add_request("poison", PROMPTS[2], poison)
+    for i, prompt in enumerate(PROMPTS[:2]):
+        eng.add_request(f"ok-{i}", prompt, greedy)
+    tokens: dict[str, list[int]] = {"ok-0": [], "ok-1": [], **{rid: [] for rid in poisoned}}
+    errors: dict[str, str] = {}
+    while eng.has_unfinished_requests():
+        for update in eng.step():
+            if update.error is not None:
+                assert update.finish_reason is FinishReason.ABORT and not update.new_token_ids
+                errors[update.request_id] = update.error
+            else:
+                tokens[update.request_id].extend(update.new_token_ids)
+    # both samples of the poisoned request failed at their first sampling; the others never noticed
+    assert len(poisoned) == 2 and set(errors) == set(poisoned)
+    assert all(e == "sampling failed: RuntimeError: injected sampling fault" for e in errors.values())
+    assert all(not tokens[rid] for rid in poisoned)
+    assert [tokens["ok-0"], tokens["ok-1"]] == alone
+    assert eng.stats().kv_cache_usage == 0.0  # their blocks are free
+    assert eng.generate([PROMPTS[3]], greedy) == engine(tiny.path).generate([PROMPTS[3]], greedy)
+    assert eng.step() == [] and eng.runner.num_requests == 0  # finished ones are dropped at a next step

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import httpx
 import openai
 import pytest
+import torch
 
+from inferd.engine.sampler import Sampler, SamplerOutput, SamplingState
 from tests.openai.conftest import MAX_MODEL_LEN, MODEL, WORDS, LLMFixture
 
 PROMPT = "ka lo mi nu re ta"
@@ -181,3 +184,39 @@ def test_disconnect_aborts(llm: LLMFixture) -> None:
         time.sleep(0.01)
     assert version.engine.num_open_streams == 0
     assert version.engine.engine.scheduler.num_running == 0
+
+
+def test_a_request_whose_sampling_fails_fails_alone(
+    llm: LLMFixture, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose parameters make sampling raise gets a 500 naming the error; the requests sharing its
+    steps go on unharmed and the model stays in service (fault injected into the sampler)."""
+    real = Sampler.sample
+
+    def sample(self: Sampler, logits: torch.Tensor, states: Sequence[SamplingState]) -> SamplerOutput:
+        if any(s.params.top_k == 13 for s in states):
+            raise RuntimeError("injected sampling fault")
+        return real(self, logits, states)
+
+    monkeypatch.setattr(Sampler, "sample", sample)
+    long = {
+        "model": MODEL,
+        "prompt": PROMPT,
+        "max_tokens": 200,
+        "temperature": 0,
+        "extra_body": {"ignore_eos": True},
+    }
+    stream = client.completions.create(stream=True, **long)  # type: ignore[call-overload]
+    chunks = iter(stream)
+    text = next(chunks).choices[0].text  # it is running
+    with pytest.raises(openai.InternalServerError) as info:
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, extra_body={"top_k": 13})
+    assert "sampling failed: RuntimeError: injected sampling fault" in str(info.value)
+    finish = None
+    for chunk in chunks:
+        if chunk.choices:
+            text += chunk.choices[0].text
+            finish = chunk.choices[0].finish_reason or finish
+    assert finish == "length"
+    assert text == client.completions.create(**long).choices[0].text  # as if it had run alone
+    assert llm.server.server.manager.get_llm(MODEL).fault is None
