@@ -173,7 +173,7 @@ class Governance:
                 if version != self.snapshot.version:
                     await self.reload()
                 self._update_budget_gauges()
-                await asyncio.to_thread(self.store.checkpoint)
+                await asyncio.to_thread(self.store.maintain)
             except Exception:
                 log.exception("reloading the governance configuration failed")
 

@@ -11,7 +11,8 @@ Layout: `<state_dir>/ledger/<segment>.jsonl`, numbered segments of at most `segm
 `["u", <UsageRow fields>]` or `["a", <AuditEntry fields>]`. One process writes a state dir's journal: the
 writer holds an exclusive lock (`flock`) on `<state_dir>/ledger/lock` for as long as it is open, so a second
 server on the same state dir fails at start with a clear error, and the kernel frees the lock when the
-process dies.
+process dies. After each append the writer publishes how far its complete lines go in `<state_dir>/ledger/
+written`, a word of shared memory (a mapped file) that the importer process reads (`import_worker.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +35,7 @@ log = logging.getLogger("inferd.store")
 
 JOURNAL_DIR = "ledger"
 LOCK_NAME = "lock"
+POSITION_NAME = "written"
 SEGMENT_BYTES = 64 * 1024 * 1024
 """Size past which the writer starts a new segment (imported segments are deleted)."""
 USAGE_TAG = "u"
@@ -42,6 +45,39 @@ _SCAN_CHUNK = 1 << 16
 
 class JournalLocked(RuntimeError):
     """Another process has the journal open for writing (another server on the same state dir)."""
+
+
+Position = tuple[int, int]
+"""(segment, byte offset) in the journal."""
+_OFFSET_BITS = 40
+
+
+class PublishedPosition:
+    """The writer's position as one aligned 8-byte word of a shared mapping (segment above bit 40): a
+    single store to publish and a single load to read, so a reader never sees half of an update."""
+
+    def __init__(self, directory: Path, writable: bool) -> None:
+        path = directory / POSITION_NAME
+        fd = os.open(path, (os.O_RDWR | os.O_CREAT) if writable else os.O_RDONLY, 0o600)
+        try:
+            if writable and os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)
+            self._map = mmap.mmap(fd, 8, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        self._word = memoryview(self._map).cast("Q")
+
+    def publish(self, position: Position) -> None:
+        segment, offset = position
+        self._word[0] = (segment << _OFFSET_BITS) | offset
+
+    def read(self) -> Position:
+        word = self._word[0]
+        return word >> _OFFSET_BITS, word & ((1 << _OFFSET_BITS) - 1)
+
+    def close(self) -> None:
+        self._word.release()
+        self._map.close()
 
 
 def segment_path(directory: Path, segment: int) -> Path:
@@ -145,13 +181,15 @@ class LedgerJournal:
             log.warning("ledger journal %s: dropped an incomplete last line", path)
             os.ftruncate(self._fd, offset)
         self._written = (segment, offset)
+        self._published = PublishedPosition(directory, writable=True)
+        self._published.publish(self._written)
         self.closed = False
 
     def _open(self, segment: int) -> int:
         return os.open(segment_path(self.directory, segment), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
 
     @property
-    def written(self) -> tuple[int, int]:
+    def written(self) -> Position:
         """(segment, bytes): everything before this position is complete lines (what may be imported).
         One tuple, replaced whole, so another thread never reads a segment with another segment's offset."""
         return self._written
@@ -187,10 +225,12 @@ class LedgerJournal:
             self._fd = fd
             segment, offset = segment + 1, 0
         self._written = (segment, offset)
+        self._published.publish(self._written)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self._published.close()
         os.close(self._fd)
         os.close(self._lock_fd)  # releases the flock

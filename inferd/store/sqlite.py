@@ -2,7 +2,7 @@
 
 One connection guarded by a lock serves configuration reads and writes and queries (admin operations, the
 CLI). The request path never touches SQLite: a server appends ledger rows and audit entries to the journal
-(`journal.py`, one `write` per request), and an importer thread moves them into SQLite (`importer.py`).
+(`journal.py`, one `write` per request), and an importer process moves them into SQLite (`importer.py`).
 Every ledger or audit query imports first, from any process (the CLI in direct mode too, while a server
 runs), so it sees every row whose response was already answered.
 """
@@ -123,7 +123,9 @@ class SqliteStore:
         import what a previous process left in it, and keep importing in a background thread."""
         if self._journal is None:
             journal = LedgerJournal(self.journal_dir)
-            importer = LedgerImporter(lambda: connect(self.path), self.journal_dir, lambda: journal.written)
+            importer = LedgerImporter(
+                lambda: connect(self.path), self.journal_dir, self.path, lambda: journal.written
+            )
             try:
                 importer.import_now()
             except BaseException:
@@ -162,9 +164,11 @@ class SqliteStore:
         with self._lock:
             return list(self._conn.execute(sql, params).fetchall())
 
-    def checkpoint(self) -> None:
-        """Move committed WAL pages into the database file without blocking writers (call off the loop:
-        the ledger writer's connection never checkpoints by itself)."""
+    def maintain(self) -> None:
+        """Periodic upkeep (call off the loop): restart the ledger importer if it died, and move committed
+        WAL pages into the database file without blocking writers."""
+        if self._importer is not None:
+            self._importer.check()
         with self._lock:
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 

@@ -206,7 +206,7 @@ def test_the_store_never_holds_a_raw_key(
     refused(gov, wrong)  # a failed attempt is audited: by key id, never by what was presented
     listed = admin.list_keys()
     assert all("key" not in doc and "key_hash" not in doc for doc in listed)
-    store.checkpoint()
+    store.maintain()
     files = [p for p in tmp_path.iterdir() if p.name.startswith(store.path.name)]
     assert store.path in files
     blob = b"".join(p.read_bytes() for p in files)
