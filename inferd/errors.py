@@ -25,7 +25,7 @@ Core code raises these; each transport maps them to its protocol's status in one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class InferdError(Exception):
@@ -76,9 +76,8 @@ class ModelBusy(ResourceExhausted):
     """The model has its `max_concurrent_requests` in flight."""
 
 
-@dataclass(frozen=True)
-class LimitState:
-    """One rate limit's state for the `x-ratelimit-*` headers."""
+class LimitState(NamedTuple):
+    """One rate limit's state for the `x-ratelimit-*` headers (a tuple: made for every response)."""
 
     limit: int
     remaining: int

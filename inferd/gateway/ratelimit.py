@@ -103,9 +103,11 @@ Take = tuple[str, str, TokenBucket, int]
 
 def limit_states(taken: Sequence[Take], now: float) -> dict[str, LimitState]:
     """The tighter of the key's and the tenant's state per kind (what the `x-ratelimit-*` headers report)."""
-    states: dict[str, LimitState] = {}
+    tightest: dict[str, tuple[int, TokenBucket]] = {}
     for _, kind, bucket, _ in taken:
-        state = bucket.state(now)
-        if kind not in states or state.remaining < states[kind].remaining:
-            states[kind] = state
-    return states
+        bucket._refill(now)
+        remaining = int(max(bucket.level, 0.0))
+        found = tightest.get(kind)
+        if found is None or remaining < found[0]:
+            tightest[kind] = (remaining, bucket)
+    return {kind: bucket.state(now) for kind, (_, bucket) in tightest.items()}

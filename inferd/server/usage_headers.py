@@ -18,12 +18,19 @@ def _reset(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+_NAMES = {
+    kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
+    for kind in ("requests", "tokens")
+}
+
+
 def limit_headers(limits: dict[str, LimitState]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for kind, state in limits.items():
-        headers[f"x-ratelimit-limit-{kind}"] = str(state.limit)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(state.remaining)
-        headers[f"x-ratelimit-reset-{kind}"] = _reset(state.reset_s)
+        limit, remaining, reset = _NAMES[kind]
+        headers[limit] = str(state.limit)
+        headers[remaining] = str(state.remaining)
+        headers[reset] = _reset(state.reset_s)
     return headers
 
 
