@@ -8,7 +8,7 @@ DEMO_REPO ?= $(STATE_DIR)/demo-models
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 
-.PHONY: serve test lint unit bench install demo clean
+.PHONY: serve test lint unit bench install native demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) native
 
-demo: $(STAMP)
+# The request path's modules compiled in place with mypyc (inferd/native.py); a no-op when current, plain
+# Python when no compiler works.
+native: $(STAMP)
+	$(BIN)/python -m inferd.native build
+
+demo: $(STAMP) native
 	$(BIN)/python -m inferd.demo $(DEMO_REPO)
 
 serve: demo
@@ -31,13 +36,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy inferd
 
-unit: $(STAMP)
+unit: $(STAMP) native
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 test: lint unit
 
-bench: $(STAMP)
+bench: $(STAMP) native
 	$(BIN)/python benchmarks/v2_serving.py
 
 clean:
-	rm -rf $(VENV) $(STATE_DIR)
+	test ! -x $(BIN)/python || $(BIN)/python -m inferd.native clean
+	rm -rf $(VENV) $(STATE_DIR) build

@@ -21,6 +21,9 @@ Core code raises these; each transport maps them to its protocol's status in one
     ├── Cancelled               the client went away (disconnect, gRPC cancel) before its answer
     ├── ModelLoadError          a model failed to load (reason in the message)
     └── InternalError           a fault of inferd itself
+
+Two failures of the server itself stand outside the tree (no transport maps them; a request that meets
+one answers as an internal error): `JournalLocked` and `LedgerWriteFailed`.
 """
 
 from __future__ import annotations
@@ -128,3 +131,11 @@ class ModelLoadError(InferdError):
 
 class InternalError(InferdError):
     """A fault inside inferd."""
+
+
+class JournalLocked(RuntimeError):
+    """Another process has the ledger journal open for writing (another server on the same state dir)."""
+
+
+class LedgerWriteFailed(RuntimeError):
+    """A settled request's ledger row could not be made durable (a full or failing disk)."""

@@ -12,12 +12,19 @@ from typing import TypeVar
 
 import pytest
 
+from inferd import native
 from inferd.config import ServerConfig
 from inferd.repository.manager import RuntimeLoader
 from inferd.server.app import InferdServer
 from tests.models import build_repository
 
 T = TypeVar("T")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test old code: a compiled module older than its source is what Python would import."""
+    if stale := native.stale():
+        pytest.exit(f"compiled modules older than their sources: {stale}; run `make native`", returncode=3)
 
 
 def eventually(check: Callable[[], T], deadline_s: float = 20.0) -> T:

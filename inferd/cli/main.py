@@ -71,8 +71,9 @@ def serve(args: argparse.Namespace) -> int:
     from inferd.engine.compute_thread import set_openmp_defaults
 
     set_openmp_defaults()  # before anything loads torch
+    _report_native()
+    from inferd.errors import JournalLocked
     from inferd.server.app import InferdServer
-    from inferd.store.journal import JournalLocked
 
     try:
         asyncio.run(InferdServer(config).serve_forever())
@@ -80,6 +81,16 @@ def serve(args: argparse.Namespace) -> int:
         print(f"inferd: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _report_native() -> None:
+    from inferd import native
+
+    log = logging.getLogger("inferd.native")
+    if stale := native.stale():
+        log.warning("compiled modules older than their sources run old code: %s (run `make native`)", stale)
+    done = native.compiled()
+    log.info("request-path modules compiled: %d of %d", len(done), len(native.MODULES))
 
 
 def main(argv: list[str] | None = None) -> int:

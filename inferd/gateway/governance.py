@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 from inferd.errors import (
     InferdError,
+    LedgerWriteFailed,
     QuotaExceeded,
     RateLimited,
     Unauthenticated,
@@ -43,10 +44,6 @@ ADMIN_TENANT = "admin"
 ADMIN_KEY_FILE = "admin.key"
 IDEMPOTENCY_MEMORY = 100_000
 """Idempotency keys remembered (per server) to link retries to their first request."""
-
-
-class LedgerWriteFailed(RuntimeError):
-    """A settled request's ledger row could not be made durable (a full or failing disk)."""
 
 
 @dataclass(frozen=True)

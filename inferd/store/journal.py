@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from inferd.errors import JournalLocked
 from inferd.store.ledger_rows import AUDIT_FIELDS
 from inferd.store.records import AuditEntry, UsageRow
 
@@ -41,10 +42,6 @@ SEGMENT_BYTES = 64 * 1024 * 1024
 USAGE_TAG = "u"
 AUDIT_TAG = "a"
 _SCAN_CHUNK = 1 << 16
-
-
-class JournalLocked(RuntimeError):
-    """Another process has the journal open for writing (another server on the same state dir)."""
 
 
 Position = tuple[int, int]
@@ -210,9 +207,12 @@ class LedgerJournal:
         data = encode(usage, audit)
         segment, offset = self._written
         view = memoryview(data)
+        done = 0
         try:
-            while view:  # a regular file takes the whole write unless the disk is full, which raises
-                view = view[os.write(self._fd, view) :]
+            # A regular file takes the whole write unless the disk is full, which raises. (An index, not
+            # `view = view[n:]`: compiled by mypyc, that form wrote the data twice.)
+            while done < len(data):
+                done += os.write(self._fd, view[done:])
         except OSError:
             # Cut off what part of it was written, or the next line would be glued to it and lost too.
             with contextlib.suppress(OSError):

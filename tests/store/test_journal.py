@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from inferd.errors import JournalLocked
 from inferd.store.importer import import_journal
-from inferd.store.journal import JournalLocked, LedgerJournal, read_complete, segment_path, segments
+from inferd.store.journal import LedgerJournal, read_complete, segment_path, segments
 from inferd.store.records import AuditEntry, UsageRow
 from inferd.store.sqlite import SqliteStore, connect
 
