@@ -17,6 +17,7 @@ import argparse
 import importlib.machinery
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def build(force: bool = False) -> bool:
     if not force and len(compiled()) == len(MODULES) and not stale():
         return True
     remove()
+    shutil.rmtree(BUILD_DIR, ignore_errors=True)  # a failed build's leftovers failed the next one
     try:
         from mypyc.build import mypycify  # a test extra: absent from a plain install
         from setuptools import setup  # type: ignore[import-untyped]
@@ -104,7 +106,7 @@ def build(force: bool = False) -> bool:
                 os.utime(path)
     except (Exception, SystemExit) as exc:  # setuptools reports a failed compiler by SystemExit
         remove()
-        print(f"inferd: compiling the request path failed ({exc}); it runs as plain Python", file=sys.stderr)
+        print(f"inferd: compiling the request path failed ({exc!r}); it runs as Python", file=sys.stderr)
         return False
     return len(compiled()) == len(MODULES) and not stale()
 
