@@ -32,6 +32,7 @@ MODULES = (
     "inferd.gateway.keys",
     "inferd.gateway.policy",
     "inferd.gateway.ratelimit",
+    "inferd.gateway.stage",
     "inferd.server.usage_headers",
     "inferd.store.journal",
 )

@@ -15,16 +15,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from inferd.dataplane import DataPlane, Slot
 from inferd.errors import NotFound, PermissionDenied, Unauthenticated
 from inferd.gateway.access import allowed
+from inferd.gateway.captured import CapturedStream
 from inferd.gateway.context import CallContext, Protocol, RequestIds, StatusOf
 from inferd.gateway.governance import Consumed, Demand, Governance, Lease
-from inferd.generation import GenerateRequest, GenerationChunk, GenerationStream, Usage
+from inferd.generation import GenerateRequest, GenerationStream
 from inferd.metrics.registry import Metrics
 from inferd.qos import PRIORITY_HEADER, TIMEOUT_HEADER, Deadline, QoS, Tier, parse_tier, parse_timeout_ms
 from inferd.repository.llm_version import LLMVersion
@@ -332,7 +333,7 @@ class Gateway:
                     call.slot.release()
             raise
         if call.outputs is not None:
-            call.streams = [_Captured(s, i, call.outputs) for i, s in enumerate(call.streams)]
+            call.streams = [CapturedStream(s, i, call.outputs) for i, s in enumerate(call.streams)]
         return call
 
     def _prepare(self, ctx: CallContext, loaded: LLMVersion, request: GenerateRequest) -> GenerateRequest:
@@ -437,30 +438,3 @@ def _tensor_payload(
         metadata["outputs"] = [describe(r.outputs) for r in responses]
         full["outputs"] = [values(r.outputs) for r in responses]
     return {"metadata": metadata, "full": full}
-
-
-class _Captured:
-    """A stream that also keeps its output text (full payload logging)."""
-
-    def __init__(
-        self, inner: GenerationStream, prompt_index: int, outputs: dict[tuple[int, int], list[str]]
-    ) -> None:
-        self._inner = inner
-        self._index = prompt_index
-        self._outputs = outputs
-        self.request_id = inner.request_id
-        self.model = inner.model
-        self.version = inner.version
-        self.prompt_token_ids = inner.prompt_token_ids
-        self.usage: Usage = inner.usage
-
-    def __aiter__(self) -> AsyncIterator[GenerationChunk]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[GenerationChunk]:
-        async for chunk in self._inner:
-            self._outputs.setdefault((self._index, chunk.index), []).append(chunk.text)
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
