@@ -42,7 +42,7 @@ from v2_servers import (
     write_inferd_repository,
 )
 
-from inferd import onnx_models
+from inferd import native, onnx_models
 from inferd.loadgen.v2 import V2BenchOptions, run_v2_sync
 
 MODEL = "identity"
@@ -137,7 +137,9 @@ def report(points: list[Point], args: argparse.Namespace, wall_s: float, ledger:
         "medians. "
         "Governance on = API key + tenant rpm/tpm/concurrency limits + key rpm limit + price + total cost "
         "budget, and a usage-ledger row (also the audit log's inference entry) made durable before every "
-        "response (appended to the ledger journal; imported into SQLite in the background).",
+        "response (appended to the ledger journal; imported into SQLite by a child process, whose CPU the "
+        "server's counts). The governance modules run compiled (`make native`: "
+        f"{len(native.compiled())} of {len(native.MODULES)}).",
         "",
         "| protocol | mode | req/s | p50 ms | p99 ms | server cores | server CPU µs / request | errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
