@@ -14,19 +14,12 @@ from pathlib import Path
 
 from inferd.store.journal import PublishedPosition, segment_path
 from inferd.store.records import UsageRow
-from inferd.store.sqlite import SqliteStore, connect
+from inferd.store.sqlite import SqliteStore
+from tests.store.test_journal import committed
 
 
 def row(i: int) -> UsageRow:
     return UsageRow(f"r{i}", float(i), "t", "k", "", "m", "1", "http")
-
-
-def committed(store: SqliteStore) -> list[str]:
-    conn = connect(store.path)
-    try:
-        return [r[0] for r in conn.execute("SELECT request_id FROM usage ORDER BY id")]
-    finally:
-        conn.close()
 
 
 def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
