@@ -255,7 +255,7 @@ class Gateway:
                 responses = [await self.dataplane.infer_on(loaded, requests[0], qos)]
             else:
                 responses = list(
-                    await asyncio.gather(*(self.dataplane.infer_on(loaded, r, qos) for r in requests))
+                    await asyncio.gather(*[self.dataplane.infer_on(loaded, r, qos) for r in requests])
                 )
         except BaseException as exc:
             try:
