@@ -153,8 +153,8 @@ class LedgerImporter:
 
     def start(self) -> None:
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "inferd.store.import_worker", str(self.database), str(self.directory),
-             str(self.interval_s)],
+            [sys.executable, "-m", "inferd.store.import_worker", str(self.database.resolve()),
+             str(self.directory.resolve()), str(self.interval_s)],
             stdin=subprocess.PIPE,
         )  # fmt: skip
 
