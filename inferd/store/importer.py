@@ -143,6 +143,7 @@ class LedgerImporter:
         self._written = written
         self.interval_s = interval_s
         self._lock = threading.Lock()
+        self._started = False
         self._stopped = False
         self._child: subprocess.Popen[bytes] | None = None
 
@@ -152,19 +153,30 @@ class LedgerImporter:
             return import_journal(self._conn, self.directory, self._written())
 
     def start(self) -> None:
-        self._child = subprocess.Popen(
-            [sys.executable, "-m", "inferd.store.import_worker", str(self.database.resolve()),
-             str(self.directory.resolve()), str(self.interval_s)],
-            stdin=subprocess.PIPE,
-        )  # fmt: skip
+        """Start the child; if it cannot start (no processes left, no interpreter), log it and go on: the
+        journal is still imported at every start, before every ledger query and at close, and `check`
+        tries again."""
+        self._started = True
+        try:
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "inferd.store.import_worker", str(self.database.resolve()),
+                 str(self.directory.resolve()), str(self.interval_s)],
+                stdin=subprocess.PIPE,
+            )  # fmt: skip
+        except OSError as exc:
+            self._child = None
+            log.error("could not start the ledger importer process (%s): importing on demand only", exc)
 
     def check(self) -> None:
-        """Restart the child if it died (it logs why on the server's stderr)."""
-        child = self._child
-        if child is None or self._stopped or child.poll() is None:
+        """Restart the child if it died (it logs why on the server's stderr) or never started."""
+        if not self._started or self._stopped:
             return
-        log.warning("the ledger importer process exited with code %s: restarting it", child.returncode)
-        self._close_child(child)
+        child = self._child
+        if child is not None:
+            if child.poll() is None:
+                return
+            log.warning("the ledger importer process exited with code %s: restarting it", child.returncode)
+            self._close_child(child)
         self.start()
 
     def _close_child(self, child: subprocess.Popen[bytes]) -> None:

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from inferd.store.journal import PublishedPosition, segment_path
 from inferd.store.records import UsageRow
 from inferd.store.sqlite import SqliteStore
@@ -99,6 +101,8 @@ def test_a_dead_importer_is_restarted(tmp_path: Path) -> None:
 SERVER = """
 import sys, time
 from pathlib import Path
+
+import pytest
 from inferd.store.sqlite import SqliteStore
 store = SqliteStore(Path(sys.argv[1]))
 store.open_journal()
@@ -119,3 +123,23 @@ def test_the_importer_exits_when_its_server_is_killed(tmp_path: Path) -> None:
             server.send_signal(signal.SIGKILL)
             server.wait()
     assert eventually(lambda: not alive(importer))
+
+
+def test_without_an_importer_process_the_server_still_serves_and_imports_on_demand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    store = SqliteStore(tmp_path)
+    journal = store.open_journal()  # logs the failure, does not raise
+    try:
+        assert store._importer is not None and store._importer._child is None
+        journal.append([row(1)])
+        store.import_ledger()  # what every ledger query does first
+        assert committed(store) == ["r1"]
+        monkeypatch.undo()
+        store.maintain()  # the watcher's next tick starts it
+        assert store._importer._child is not None and store._importer._child.poll() is None
+        journal.append([row(2)])
+        assert eventually(lambda: committed(store) == ["r1", "r2"])
+    finally:
+        store.close()
