@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.machinery
-import logging
 import os
 import shutil
 import sys
 from pathlib import Path
-
-log = logging.getLogger("inferd.native")
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = (
@@ -73,11 +70,11 @@ def remove() -> None:
             path.unlink()
 
 
-def build(force: bool = False) -> bool:
-    """Compile the modules unless all are present and current; True when they are compiled now. Without
-    a working compiler (or mypyc), remove what is there and leave the sources to run as plain Python."""
+def build(force: bool = False) -> None:
+    """Compile the modules unless all are present and current. Without a working compiler (or mypyc),
+    remove what is there and leave the sources to run as plain Python."""
     if not force and len(compiled()) == len(MODULES) and not stale():
-        return True
+        return
     remove()
     shutil.rmtree(BUILD_DIR, ignore_errors=True)  # a failed build's leftovers failed the next one
     try:
@@ -108,8 +105,6 @@ def build(force: bool = False) -> bool:
     except (Exception, SystemExit) as exc:  # setuptools reports a failed compiler by SystemExit
         remove()
         print(f"inferd: compiling the request path failed ({exc!r}); it runs as Python", file=sys.stderr)
-        return False
-    return len(compiled()) == len(MODULES) and not stale()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,13 +131,13 @@ class LedgerImporter:
 
     def __init__(
         self,
-        connect: Callable[[], sqlite3.Connection],
+        connect: Callable[[Path], sqlite3.Connection],
         directory: Path,
         database: Path,
         written: Callable[[], Position],
         interval_s: float = IMPORT_INTERVAL_S,
     ) -> None:
-        self._conn = connect()
+        self._conn = connect(database)
         self.directory = directory
         self.database = database
         self._written = written

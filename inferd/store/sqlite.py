@@ -123,9 +123,7 @@ class SqliteStore:
         import what a previous process left in it, and keep importing in a background thread."""
         if self._journal is None:
             journal = LedgerJournal(self.journal_dir)
-            importer = LedgerImporter(
-                lambda: connect(self.path), self.journal_dir, self.path, lambda: journal.written
-            )
+            importer = LedgerImporter(connect, self.journal_dir, self.path, lambda: journal.written)
             try:
                 importer.import_now()
             except BaseException:
