@@ -19,8 +19,8 @@ from __future__ import annotations
 import calendar
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Final, TypeVar
 
 from inferd.store.records import PERIODS, Budget, Period
 
@@ -30,11 +30,16 @@ MAX_RESOLVED = 100_000
 """(tenant, workflow) pairs whose settled counters are kept resolved."""
 
 
-@dataclass(frozen=True)
 class Amount:
-    tokens: int = 0
-    cost_micros: int = 0
-    requests: int = 0
+    """Tokens, cost (micro-units) and requests: what a request reserves or settles. Immutable.
+
+    A plain class with its own `__init__` rather than a frozen dataclass: compiled, one is built in about
+    25 ns instead of 370 (a dataclass's generated `__init__` stays interpreted), twice per request."""
+
+    def __init__(self, tokens: int = 0, cost_micros: int = 0, requests: int = 0) -> None:
+        self.tokens: Final = tokens
+        self.cost_micros: Final = cost_micros
+        self.requests: Final = requests
 
     def __add__(self, other: Amount) -> Amount:
         return Amount(
@@ -49,6 +54,21 @@ class Amount:
             self.cost_micros - other.cost_micros,
             self.requests - other.requests,
         )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Amount):
+            return NotImplemented
+        return (
+            self.tokens == other.tokens
+            and self.cost_micros == other.cost_micros
+            and self.requests == other.requests
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.tokens, self.cost_micros, self.requests))
+
+    def __repr__(self) -> str:
+        return f"Amount(tokens={self.tokens}, cost_micros={self.cost_micros}, requests={self.requests})"
 
 
 ZERO = Amount()
@@ -96,13 +116,15 @@ class _PeriodStarts:
         return self._starts
 
 
-@dataclass(slots=True)
 class Reservation:
-    tenant: str
-    workflow: str
-    amount: Amount
-    keys: list[SlotKey] = field(default_factory=list)
-    open: bool = True
+    """An admitted request's hold on its tenant's (and workflow's) in-flight counters."""
+
+    def __init__(self, tenant: str, workflow: str, amount: Amount, keys: list[SlotKey]) -> None:
+        self.tenant: Final = tenant
+        self.workflow: Final = workflow
+        self.amount: Final = amount
+        self.keys: Final = keys
+        self.open = True
 
 
 @dataclass(frozen=True)
