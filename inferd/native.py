@@ -30,6 +30,8 @@ MODULES = (
     "inferd.gateway.policy",
     "inferd.gateway.ratelimit",
     "inferd.gateway.stage",
+    "inferd.metrics.usage_totals",
+    "inferd.server.http_headers",
     "inferd.server.usage_headers",
     "inferd.store.journal",
 )

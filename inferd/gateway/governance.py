@@ -161,11 +161,11 @@ class Governance:
         self.buckets = Buckets()
         self.concurrency = Concurrency()
         self.journal = store.open_journal()
+        self._digests = keys.KnownDigests()
         self._idempotency: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._plans: dict[str, _Plan] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._gauged: set[tuple[str, str]] = set()
-        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._rebuild_budgets()
         self._update_budget_gauges()
 
@@ -226,8 +226,10 @@ class Governance:
             raise Unauthenticated(
                 "missing API key: send it as 'Authorization: Bearer <key>' or in the 'x-api-key' header"
             )
-        usable = self.snapshot.usable.get(keys.hash_key(presented))
+        digest = self._digests.digest(presented)
+        usable = self.snapshot.usable.get(digest)
         if usable is not None:
+            self._digests.remember(presented, digest)
             expires = usable.key.expires_at
             if expires is None or self.clock() < expires:
                 return usable.principal
@@ -416,14 +418,6 @@ class Governance:
             return ""
         return first
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """`metric.labels(*labels)`, cached (the lookup costs microseconds per request otherwise)."""
-        key = (metric._name, labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
-
     def _refuse(self, ctx: CallContext, model: str, reason: str) -> None:
         self.metrics.rejections.labels(ctx.principal.tenant, reason).inc()
         self.audit(
@@ -480,21 +474,10 @@ class Governance:
             lease.version, ctx.protocol, prompt, completion, consumed.cached_tokens, cost, status,
             round(latency_ms, 3), lease.idempotency_key, lease.retry_of,
         )  # fmt: skip
-        m, child = self.metrics, self._child
-        tenant, model = principal.tenant, lease.model
-        if prompt:
-            child(m.tokens, tenant, model, "prompt").inc(prompt)
-        if completion:
-            child(m.tokens, tenant, model, "completion").inc(completion)
-        if consumed.cached_tokens:
-            child(m.tokens, tenant, model, "cached").inc(consumed.cached_tokens)
-        if cost:
-            child(m.cost, tenant, model).inc(cost / MICROS)
-        if lease.retry_of:
-            child(m.retries, tenant).inc()
+        tenant = principal.tenant
         # The ledger row is the inference's audit entry (the store merges them); a tenant that logs
         # payloads gets its own entry with the request's metadata or full text.
-        audit: list[AuditEntry] = []
+        audit: tuple[AuditEntry, ...] = ()
         policy = lease.payload_logging
         if payload and policy != "none":
             detail: dict[str, Any] = {
@@ -509,13 +492,16 @@ class Governance:
             detail["request"] = payload.get("metadata", {})
             if policy == "full":
                 detail["payload"] = payload.get("full", {})
-            audit.append(AuditEntry(now, "inference", tenant, principal.key_id, lease.model, status,
-                                    ctx.request_id, detail))  # fmt: skip
+            audit = (AuditEntry(now, "inference", tenant, principal.key_id, lease.model, status,
+                                ctx.request_id, detail),)  # fmt: skip
         try:
             self.journal.append((row,), audit)
         except OSError as err:
             log.error("usage ledger write failed for request %s: %s", ctx.request_id, err)
             raise LedgerWriteFailed(f"usage ledger write failed: {err}") from None
+        self.metrics.usage.add(
+            tenant, lease.model, prompt, completion, consumed.cached_tokens, cost, bool(lease.retry_of)
+        )
         return cost
 
     def release(self, lease: Lease) -> None:

@@ -31,6 +31,30 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+class KnownDigests:
+    """The digests of keys recently found valid, by the presented key: hashing a key (the OpenSSL call,
+    about 9k instructions) is the largest part of authenticating one, and a client presents the same key
+    on every request. Only keys that matched a stored hash are remembered, so a flood of wrong keys neither
+    fills it nor skips their hashing; at `capacity` it starts over. A lookup compares the presented key with
+    a remembered one only when their (per-process, randomly keyed) string hashes collide, so its timing
+    says nothing about a key it was not given."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._digests: dict[str, str] = {}
+
+    def digest(self, key: str) -> str:
+        """The key's SHA-256, remembered or computed."""
+        found = self._digests.get(key)
+        return found if found is not None else hash_key(key)
+
+    def remember(self, key: str, digest: str) -> None:
+        """Remember a key that matched a stored digest."""
+        if len(self._digests) >= self.capacity:
+            self._digests.clear()
+        self._digests[key] = digest
+
+
 def key_id_of(key: str) -> str | None:
     """The key id a presented key claims, or None when it is not shaped like an inferd key."""
     parts = key.split("_", 2)

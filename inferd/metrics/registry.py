@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from inferd.metrics.usage_totals import UsageTotals
+from inferd.store.records import MICROS
 
 # Request latencies from sub-millisecond tensor calls to long LLM generations.
 LATENCY_BUCKETS = (
@@ -108,18 +114,8 @@ class Metrics:
 
     def _governance_metrics(self, r: CollectorRegistry) -> None:
         """Spend and refusals per tenant (tenants are created by admins: bounded cardinality)."""
-        self.tokens = Counter(
-            "inferd_tokens",
-            "Tokens settled in the usage ledger (kind: prompt, completion, cached).",
-            ["tenant", "model", "kind"],
-            registry=r,
-        )
-        self.cost = Counter(
-            "inferd_cost",
-            "Cost settled in the usage ledger, in the currency.",
-            ["tenant", "model"],
-            registry=r,
-        )
+        self.usage = UsageTotals()
+        r.register(_UsageCollector(self.usage))
         self.rejections = Counter(
             "inferd_rejections",
             "Requests refused by the gateway (reason: auth, rate_limit, concurrency, budget, workflow, "
@@ -134,12 +130,6 @@ class Metrics:
             ["tenant", "kind"],
             registry=r,
         )
-        self.retries = Counter(
-            "inferd_retries",
-            "Requests that declared themselves retries (Idempotency-Key seen before, or x-inferd-retry-of).",
-            ["tenant"],
-            registry=r,
-        )
 
     def track_queue_depth(self, model: str, version: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model, version).set_function(depth)
@@ -152,3 +142,45 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _UsageCollector(Collector):
+    """`inferd_tokens_total`, `inferd_cost_total` and `inferd_retries_total`, read from the request path's
+    totals at scrape time (copied first: a scrape may run beside the event loop)."""
+
+    def __init__(self, totals: UsageTotals) -> None:
+        self.totals = totals
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        tokens, cost, retries = self._families()
+        for (tenant, model, kind), n in self.totals.tokens.copy().items():
+            tokens.add_metric([tenant, model, kind], n)
+        for (tenant, model), micros in self.totals.cost_micros.copy().items():
+            cost.add_metric([tenant, model], micros / MICROS)
+        for tenant, n in self.totals.retries.copy().items():
+            retries.add_metric([tenant], n)
+        return iter((tokens, cost, retries))
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "inferd_tokens",
+                "Tokens settled in the usage ledger (kind: prompt, completion, cached).",
+                labels=["tenant", "model", "kind"],
+            ),
+            CounterMetricFamily(
+                "inferd_cost",
+                "Cost settled in the usage ledger, in the currency.",
+                labels=["tenant", "model"],
+            ),
+            CounterMetricFamily(
+                "inferd_retries",
+                "Requests that declared themselves retries (Idempotency-Key seen before, or "
+                "x-inferd-retry-of).",
+                labels=["tenant"],
+            ),
+        )

@@ -21,6 +21,7 @@ from inferd.gateway.admin import AdminService
 from inferd.gateway.context import CallContext
 from inferd.gateway.stage import Gateway
 from inferd.server import status
+from inferd.server.http_headers import header_dict
 from inferd.server.http_v2 import read_body
 from inferd.server.openai_api import openai_error
 from inferd.server.openai_schema import parse_body
@@ -69,7 +70,7 @@ class AdminHttp:
 
     def _wrap(self, handler: Handler, admin: bool) -> Callable[[Request], Awaitable[Response]]:
         async def route(request: Request) -> Response:
-            ctx = self.gateway.begin("http", request.headers, status.http_code_label)
+            ctx = self.gateway.begin("http", header_dict(request.scope["headers"]), status.http_code_label)
             try:
                 if self.service is None:
                     raise NotReady("the admin API needs authentication on (the server runs with --no-auth)")

@@ -27,6 +27,7 @@ from inferd.repository.manager import ModelManager, RuntimeLoader
 from inferd.server import openapi, status
 from inferd.server.admin_api import AdminHttp
 from inferd.server.grpc_v2 import V2Grpc, add_to_server
+from inferd.server.http_headers import header_dict
 from inferd.server.http_v2 import V2Http, error_response, json_response
 from inferd.server.openai_api import OpenAIHttp
 from inferd.store.sqlite import SqliteStore
@@ -86,7 +87,7 @@ class InferdServer:
         async def metrics(request: Request) -> Response:
             # Metrics carry every tenant's names, tokens and cost: with auth on, only admin keys read them
             # (Prometheus sends one with `authorization` in its scrape config).
-            ctx = self.gateway.begin("http", request.headers, status.http_code_label)
+            ctx = self.gateway.begin("http", header_dict(request.scope["headers"]), status.http_code_label)
             try:
                 self.gateway.require_admin(ctx)
             except Exception as exc:

@@ -18,6 +18,7 @@ from inferd.errors import Cancelled, InvalidInput, PayloadTooLarge, Unauthentica
 from inferd.gateway.context import CallContext
 from inferd.gateway.stage import Gateway
 from inferd.server import model_views, status
+from inferd.server.http_headers import header_dict
 from inferd.server.usage_headers import error_headers, success_headers
 from inferd.server.v2_codec import HEADER_LENGTH, decode_request, encode_response
 
@@ -145,7 +146,8 @@ class V2Http:
 
     def _begin(self, request: Request) -> CallContext:
         request_id = getattr(request.state, "request_id", None)
-        return self.gateway.begin("http", request.headers, status.http_code_label, request_id)
+        headers = header_dict(request.scope["headers"])
+        return self.gateway.begin("http", headers, status.http_code_label, request_id)
 
     async def live(self, request: Request) -> Response:
         live = self.dataplane.live()

@@ -34,6 +34,7 @@ from inferd.runtimes.embedding_io import OUTPUT as EMBEDDING_OUTPUT
 from inferd.runtimes.embedding_io import PLATFORM as EMBEDDING_PLATFORM
 from inferd.runtimes.embedding_io import TOKENS as EMBEDDING_TOKENS
 from inferd.server import status
+from inferd.server.http_headers import header_dict
 from inferd.server.http_v2 import read_body, unless_disconnected
 from inferd.server.openai_schema import (
     InvalidParam,
@@ -207,7 +208,7 @@ class OpenAIHttp:
         ]
 
     def _begin(self, request: Request) -> CallContext:
-        return self.gateway.begin("openai", request.headers, status.http_code_label)
+        return self.gateway.begin("openai", header_dict(request.scope["headers"]), status.http_code_label)
 
     async def models(self, request: Request) -> Response:
         ctx = self._begin(request)

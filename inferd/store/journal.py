@@ -92,16 +92,15 @@ def segments(directory: Path) -> list[int]:
 
 def encode(usage: Sequence[UsageRow], audit: Sequence[AuditEntry]) -> bytes:
     """The journal lines of `usage` and `audit`, each ending with a newline."""
-    lines = [orjson.dumps((USAGE_TAG, *row)) for row in usage]
-    lines.extend(
-        orjson.dumps(
-            (AUDIT_TAG, e.time, e.action, e.tenant, e.key_id, e.target, e.outcome, e.request_id, e.detail),
-            option=orjson.OPT_NON_STR_KEYS,
+    if len(usage) == 1 and not audit:  # the request path's case: one row
+        return orjson.dumps((USAGE_TAG, *usage[0]), option=orjson.OPT_APPEND_NEWLINE)
+    lines = [orjson.dumps((USAGE_TAG, *row), option=orjson.OPT_APPEND_NEWLINE) for row in usage]
+    for e in audit:
+        fields = (e.time, e.action, e.tenant, e.key_id, e.target, e.outcome, e.request_id, e.detail)
+        lines.append(
+            orjson.dumps((AUDIT_TAG, *fields), option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
         )
-        for e in audit
-    )
-    lines.append(b"")
-    return b"\n".join(lines)
+    return b"".join(lines)
 
 
 def decode(line: bytes) -> UsageRow | AuditEntry:
@@ -206,13 +205,12 @@ class LedgerJournal:
             raise OSError("the ledger journal is closed")
         data = encode(usage, audit)
         segment, offset = self._written
-        view = memoryview(data)
-        done = 0
         try:
             # A regular file takes the whole write unless the disk is full, which raises. (An index, not
             # `view = view[n:]`: compiled by mypyc, that form wrote the data twice.)
+            done = os.write(self._fd, data)
             while done < len(data):
-                done += os.write(self._fd, view[done:])
+                done += os.write(self._fd, memoryview(data)[done:])
         except OSError:
             # Cut off what part of it was written, or the next line would be glued to it and lost too.
             with contextlib.suppress(OSError):
