@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from inferd.errors import LimitState, Unauthenticated
-from inferd.gateway.ratelimit import Take, limit_states
+from inferd.errors import Unauthenticated
+from inferd.gateway.ratelimit import Take
 
 Protocol = Literal["http", "grpc", "openai"]
 
@@ -60,11 +60,6 @@ class CallContext:
         self.admitted_at = 0.0
         self.cost_micros: int | None = None
         """The settled cost, once known (the `x-inferd-cost` header)."""
-
-    @property
-    def limits(self) -> dict[str, LimitState]:
-        """Rate-limit state after admission (`requests`, `tokens`), computed when a response needs it."""
-        return limit_states(self.limit_buckets, self.admitted_at) if self.limit_buckets else {}
 
     @property
     def workflow_header(self) -> str:

@@ -53,8 +53,12 @@ class TokenBucket:
 
     def state(self, now: float) -> LimitState:
         self._refill(now)
+        return LimitState(*self.report())
+
+    def report(self) -> tuple[int, int, float]:
+        """(limit, remaining, seconds until full) as of the last refill: what `x-ratelimit-*` report."""
         level = max(self.level, 0.0)
-        return LimitState(self.capacity, int(level), (self.capacity - level) * 60.0 / self.capacity)
+        return self.capacity, int(level), (self.capacity - level) * 60.0 / self.capacity
 
 
 class Buckets:
@@ -101,13 +105,18 @@ Take = tuple[str, str, TokenBucket, int]
 """(owner, `requests` or `tokens`, its bucket, amount): one bucket a request is checked against."""
 
 
-def limit_states(taken: Sequence[Take], now: float) -> dict[str, LimitState]:
-    """The tighter of the key's and the tenant's state per kind (what the `x-ratelimit-*` headers report)."""
-    tightest: dict[str, tuple[int, TokenBucket]] = {}
+def tightest(taken: Sequence[Take], now: float) -> dict[str, TokenBucket]:
+    """Per kind, the bucket with the fewest units left of the key's and the tenant's (refilled to `now`):
+    the one the `x-ratelimit-*` headers report."""
+    found: dict[str, TokenBucket] = {}
     for _, kind, bucket, _ in taken:
         bucket._refill(now)
-        remaining = int(max(bucket.level, 0.0))
-        found = tightest.get(kind)
-        if found is None or remaining < found[0]:
-            tightest[kind] = (remaining, bucket)
-    return {kind: bucket.state(now) for kind, (_, bucket) in tightest.items()}
+        other = found.get(kind)
+        if other is None or int(max(bucket.level, 0.0)) < int(max(other.level, 0.0)):
+            found[kind] = bucket
+    return found
+
+
+def limit_states(taken: Sequence[Take], now: float) -> dict[str, LimitState]:
+    """The tighter of the key's and the tenant's state per kind (what a refusal reports)."""
+    return {kind: bucket.state(now) for kind, bucket in tightest(taken, now).items()}

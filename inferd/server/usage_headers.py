@@ -7,6 +7,7 @@ import math
 
 from inferd.errors import LimitState, RateLimited, ResourceExhausted
 from inferd.gateway.context import CallContext
+from inferd.gateway.ratelimit import tightest
 from inferd.store.records import MICROS
 
 
@@ -24,13 +25,17 @@ _NAMES = {
 }
 
 
+def _put_limit(headers: dict[str, str], kind: str, limit: int, remaining: int, reset_s: float) -> None:
+    limit_name, remaining_name, reset_name = _NAMES[kind]
+    headers[limit_name] = str(limit)
+    headers[remaining_name] = str(remaining)
+    headers[reset_name] = _reset(reset_s)
+
+
 def limit_headers(limits: dict[str, LimitState]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for kind, state in limits.items():
-        limit, remaining, reset = _NAMES[kind]
-        headers[limit] = str(state.limit)
-        headers[remaining] = str(state.remaining)
-        headers[reset] = _reset(state.reset_s)
+        _put_limit(headers, kind, state.limit, state.remaining, state.reset_s)
     return headers
 
 
@@ -46,7 +51,11 @@ def error_headers(exc: BaseException) -> dict[str, str]:
 
 def success_headers(ctx: CallContext) -> dict[str, str]:
     """Request id, limit state after admission, and the settled cost when known."""
-    headers = {"x-request-id": ctx.request_id, **limit_headers(ctx.limits)}
+    headers = {"x-request-id": ctx.request_id}
+    if ctx.limit_buckets:
+        for kind, bucket in tightest(ctx.limit_buckets, ctx.admitted_at).items():
+            limit, remaining, reset_s = bucket.report()
+            _put_limit(headers, kind, limit, remaining, reset_s)
     if ctx.cost_micros is not None:
         headers["x-inferd-cost"] = f"{ctx.cost_micros / MICROS:.6f}"
     return headers
