@@ -34,6 +34,7 @@ MODULES = (
     "inferd.server.http_headers",
     "inferd.server.usage_headers",
     "inferd.store.journal",
+    "inferd.store.records",
 )
 """Modules compiled. A module qualifies when mypyc supports all of it (no async generators, no subclasses
 of built-in exceptions) and it sits on the per-request path."""

@@ -140,15 +140,35 @@ class Refusal:
     asked: int
 
 
+class Counts:
+    """Tokens, cost micros and requests of one counter, updated in place (native integers when compiled:
+    the request path updates 6 to 12 of them per request)."""
+
+    def __init__(self, tokens: int = 0, cost_micros: int = 0, requests: int = 0) -> None:
+        self.tokens = tokens
+        self.cost_micros = cost_micros
+        self.requests = requests
+
+    def add(self, amount: Amount, sign: int) -> None:
+        self.tokens += sign * amount.tokens
+        self.cost_micros += sign * amount.cost_micros
+        self.requests += sign * amount.requests
+
+    def is_zero(self) -> bool:
+        return self.tokens == 0 and self.cost_micros == 0 and self.requests == 0
+
+    def amount(self) -> Amount:
+        return Amount(self.tokens, self.cost_micros, self.requests)
+
+
 class BudgetBook:
     """Settled and reserved amounts per counter."""
 
     def __init__(self) -> None:
-        # [tokens, cost micros, requests], updated in place (the request path touches 6-12 per request).
-        self._settled: dict[CounterKey, list[int]] = {}
-        self._reserved: dict[SlotKey, list[int]] = {}
+        self._settled: dict[CounterKey, Counts] = {}
+        self._reserved: dict[SlotKey, Counts] = {}
         self._starts = _PeriodStarts()
-        self._counters: dict[SlotKey, tuple[tuple[tuple[Period, float], ...], list[list[int]]]] = {}
+        self._counters: dict[SlotKey, tuple[tuple[tuple[Period, float], ...], list[Counts]]] = {}
         """Per (tenant, workflow): the settled counters of the periods holding now, and those periods."""
 
     def _keys(self, tenant: str, workflow: str, now: float) -> list[CounterKey]:
@@ -181,16 +201,26 @@ class BudgetBook:
         self, tenant: str, workflow: str, budgets: Sequence[Budget], amount: Amount, now: float
     ) -> Refusal | None:
         """The first budget that `amount` would overrun, or None when it fits all."""
+        settled = self._settled_counters(tenant, workflow, now)
         for budget in budgets:
-            if budget.scope == "workflow" and not workflow:
-                continue
-            slot = workflow if budget.scope == "workflow" else ALL_WORKFLOWS
-            used = self._settled.get((tenant, slot, budget.period, self._start(budget.period, now))) or _NONE
-            held = self._reserved.get((tenant, slot)) or _NONE
-            asked = (amount.tokens, amount.cost_micros, amount.requests)
-            for i, cap in enumerate((budget.max_tokens, budget.max_cost_micros, budget.max_requests)):
-                if cap is not None and used[i] + held[i] + asked[i] > cap:
-                    return Refusal(budget, _DIMENSIONS[i], used[i], held[i], cap, asked[i])
+            index = _PERIOD_INDEX[budget.period]
+            if budget.scope == "workflow":
+                if not workflow:
+                    continue
+                used, held = settled[len(PERIODS) + index], self._reserved.get((tenant, workflow))
+            else:
+                used, held = settled[index], self._reserved.get((tenant, ALL_WORKFLOWS))
+            if held is None:
+                held = _NONE
+            refusal = (
+                _over(budget, "tokens", budget.max_tokens, used.tokens, held.tokens, amount.tokens)
+                or _over(budget, "cost", budget.max_cost_micros, used.cost_micros, held.cost_micros,
+                         amount.cost_micros)
+                or _over(budget, "requests", budget.max_requests, used.requests, held.requests,
+                         amount.requests)
+            )  # fmt: skip
+            if refusal is not None:
+                return refusal
         return None
 
     def reserve(self, tenant: str, workflow: str, amount: Amount, now: float) -> Reservation:
@@ -203,20 +233,18 @@ class BudgetBook:
     def settle(self, reservation: Reservation, actual: Amount, now: float) -> None:
         """Replace the reservation by the actual amount (settled in the periods holding `now`)."""
         self.release(reservation)
-        tokens, cost, requests = actual.tokens, actual.cost_micros, actual.requests
         for counts in self._settled_counters(reservation.tenant, reservation.workflow, now):
-            counts[0] += tokens
-            counts[1] += cost
-            counts[2] += requests
+            counts.add(actual, 1)
 
-    def _settled_counters(self, tenant: str, workflow: str, now: float) -> list[list[int]]:
-        """The settled counters a request of `tenant` and `workflow` settles into now (resolved once per
-        tenant, workflow and UTC day: settled counters are never removed)."""
+    def _settled_counters(self, tenant: str, workflow: str, now: float) -> list[Counts]:
+        """The settled counters a request of `tenant` and `workflow` settles into now, the tenant's for each
+        of PERIODS, then the workflow's (resolved once per tenant, workflow and UTC day: settled counters
+        are never removed)."""
         starts = self._starts(now)
         found = self._counters.get((tenant, workflow))
         if found is not None and found[0] is starts:
             return found[1]
-        counters = [self._settled.setdefault(key, [0, 0, 0]) for key in self._keys(tenant, workflow, now)]
+        counters = [self._settled.setdefault(key, Counts()) for key in self._keys(tenant, workflow, now)]
         if len(self._counters) >= MAX_RESOLVED:
             self._counters.clear()
         self._counters[(tenant, workflow)] = (starts, counters)
@@ -234,26 +262,33 @@ class BudgetBook:
         total = ZERO
         for (_, slot), counts in self._reserved.items():
             if slot == ALL_WORKFLOWS:
-                total = total + _amount(counts)
+                total = total + counts.amount()
         return total
 
 
-_NONE = [0, 0, 0]
-_DIMENSIONS = ("tokens", "cost", "requests")
+_NONE = Counts()
+"""Nothing held (read only)."""
+_PERIOD_INDEX = {p: i for i, p in enumerate(PERIODS)}
 
 
-def _amount(counts: list[int] | None) -> Amount:
-    return ZERO if counts is None else Amount(counts[0], counts[1], counts[2])
+def _over(
+    budget: Budget, dimension: str, cap: int | None, used: int, held: int, asked: int
+) -> Refusal | None:
+    """The refusal when `asked` on top of `used` and `held` passes `cap` (None: no cap)."""
+    if cap is not None and used + held + asked > cap:
+        return Refusal(budget, dimension, used, held, cap, asked)
+    return None
 
 
-def _add(table: dict[K, list[int]], key: K, amount: Amount, sign: int) -> None:
+def _amount(counts: Counts | None) -> Amount:
+    return ZERO if counts is None else counts.amount()
+
+
+def _add(table: dict[K, Counts], key: K, amount: Amount, sign: int) -> None:
     """table[key] += sign * amount, in place; a counter back at zero is dropped (reservations end)."""
     counts = table.get(key)
     if counts is None:
-        table[key] = [sign * amount.tokens, sign * amount.cost_micros, sign * amount.requests]
-        return
-    counts[0] += sign * amount.tokens
-    counts[1] += sign * amount.cost_micros
-    counts[2] += sign * amount.requests
-    if sign < 0 and counts[0] == 0 and counts[1] == 0 and counts[2] == 0:
+        table[key] = counts = Counts()
+    counts.add(amount, sign)
+    if sign < 0 and counts.is_zero():
         del table[key]

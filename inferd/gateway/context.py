@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -44,13 +44,14 @@ class CallContext:
         protocol: Protocol,
         request_id: str,
         status_of: StatusOf,
-        headers: Mapping[str, str] | None = None,
+        headers: dict[str, str] | None = None,
         principal: Principal = ANONYMOUS,
     ) -> None:
         self.protocol: Final = protocol
         self.request_id: Final = request_id
         self.status_of: Final = status_of
-        self.headers: Final[Mapping[str, str]] = {} if headers is None else headers
+        self.headers: Final[dict[str, str]] = {} if headers is None else headers
+        """The request's headers, names lower-cased (a dict: the compiled request path reads it directly)."""
         self.principal = principal
         self.auth_error: Unauthenticated | None = None
         """Why authentication failed; raised by the first gateway operation of the call."""

@@ -468,11 +468,12 @@ class Governance:
             self.concurrency.leave(owner)
         ctx.cost_micros = cost
         status = status_of(exc)
-        latency_ms = (time.perf_counter() - lease.started) * 1000.0
+        # Microsecond resolution, rounded half up (cheaper than `round(x, 3)`'s decimal conversion).
+        latency_ms = int((time.perf_counter() - lease.started) * 1e6 + 0.5) / 1000.0
         row = UsageRow(
             ctx.request_id, now, principal.tenant, principal.key_id, lease.workflow, lease.model,
             lease.version, ctx.protocol, prompt, completion, consumed.cached_tokens, cost, status,
-            round(latency_ms, 3), lease.idempotency_key, lease.retry_of,
+            latency_ms, lease.idempotency_key, lease.retry_of,
         )  # fmt: skip
         tenant = principal.tenant
         # The ledger row is the inference's audit entry (the store merges them); a tenant that logs
@@ -487,7 +488,7 @@ class Governance:
                 "status": status,
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
-                "latency_ms": row.latency_ms,
+                "latency_ms": latency_ms,
             }
             detail["request"] = payload.get("metadata", {})
             if policy == "full":

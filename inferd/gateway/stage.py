@@ -91,14 +91,14 @@ class Gateway:
     ) -> CallContext:
         """Open a call: request id and principal. A failed authentication is kept in the context and raised
         by the first gateway operation (so the transport answers it in its own shape, with the id)."""
-        if self.governance is not None and not isinstance(headers, dict):
-            headers = dict(headers.items())  # governance reads several headers: one pass, then O(1) gets
+        # The gateway reads several headers: one pass (transports already hand over a dict), then O(1) gets.
+        table = headers if isinstance(headers, dict) else dict(headers.items())
         ctx = CallContext(
-            protocol, self._request_ids(request_id or headers.get("x-request-id")), status_of, headers
+            protocol, self._request_ids(request_id or table.get("x-request-id")), status_of, table
         )
         if self.governance is not None:
             try:
-                ctx.principal = self.governance.authenticate(headers, protocol, ctx.request_id)
+                ctx.principal = self.governance.authenticate(table, protocol, ctx.request_id)
             except Unauthenticated as exc:
                 ctx.auth_error = exc
         return ctx

@@ -224,7 +224,7 @@ class V2Grpc(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[mis
             response = await self.gateway.infer(ctx, infer_request)
         except Exception as exc:
             await self._fail(context, exc)
-        context.set_trailing_metadata(tuple(success_headers(ctx).items()))
+        context.set_trailing_metadata(tuple(success_headers(ctx, rate_limits=False).items()))
         return encode_response(response)
 
     async def ModelStreamInfer(

@@ -238,7 +238,7 @@ class V2Http:
             out, header_len = encode_response(response, infer_request)
         except Exception as exc:
             return error_response(exc, ctx.request_id)
-        headers = success_headers(ctx)
+        headers = success_headers(ctx, rate_limits=False)
         if header_len is None:
             return Response(out, media_type=JSON, headers=headers)
         headers[HEADER_LENGTH] = str(header_len)

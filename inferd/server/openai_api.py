@@ -283,7 +283,7 @@ class OpenAIHttp:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
-        return Response(body, media_type=JSON, headers=success_headers(ctx))
+        return Response(body, media_type=JSON, headers=success_headers(ctx, rate_limits=True))
 
     async def completions(self, request: Request) -> Response:
         return await self._handle(request, chat=False)
@@ -315,7 +315,7 @@ class OpenAIHttp:
             ]
             call = await unless_disconnected(request, self.gateway.generate(ctx, generates, parsed.user))
             if parsed.stream:
-                headers = {**success_headers(ctx), "cache-control": "no-cache"}
+                headers = {**success_headers(ctx, rate_limits=True), "cache-control": "no-cache"}
                 settle = _Settlement(self.gateway, ctx, call, start)
                 events = self._events(ctx, parsed, call, chat, settle)
                 return _EventStream(events, settle.abandoned, headers)
@@ -333,7 +333,7 @@ class OpenAIHttp:
         await self.gateway.finish(ctx, call, None, start)
         if ctx.cost_micros is not None:
             doc["usage"]["cost"] = ctx.cost_micros / MICROS
-        return Response(orjson.dumps(doc), media_type=JSON, headers=success_headers(ctx))
+        return Response(orjson.dumps(doc), media_type=JSON, headers=success_headers(ctx, rate_limits=True))
 
     async def _whole(
         self, ctx: CallContext, parsed: OpenAIRequest, streams: list[GenerationStream], chat: bool

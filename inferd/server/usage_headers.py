@@ -19,6 +19,13 @@ def _reset(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+def decimal_micros(micros: int) -> str:
+    """Micro-units as a decimal with six places (`1234567` -> `1.234567`), exactly, without a float."""
+    whole, fraction = divmod(micros, MICROS)
+    digits = str(fraction)
+    return f"{whole}.{'0' * (6 - len(digits))}{digits}"
+
+
 _NAMES = {
     kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
     for kind in ("requests", "tokens")
@@ -49,13 +56,16 @@ def error_headers(exc: BaseException) -> dict[str, str]:
     return headers
 
 
-def success_headers(ctx: CallContext) -> dict[str, str]:
-    """Request id, limit state after admission, and the settled cost when known."""
+def success_headers(ctx: CallContext, rate_limits: bool) -> dict[str, str]:
+    """Request id and the settled cost when known; with `rate_limits`, also the `x-ratelimit-*` state after
+    admission. The OpenAI API sends them on every response (its clients read them); V2 clients have no use
+    for them on a success, and each header costs the HTTP server microseconds per response, so V2 sends
+    them only with a refusal (`error_headers`)."""
     headers = {"x-request-id": ctx.request_id}
-    if ctx.limit_buckets:
+    if rate_limits and ctx.limit_buckets:
         for kind, bucket in tightest(ctx.limit_buckets, ctx.admitted_at).items():
             limit, remaining, reset_s = bucket.report()
             _put_limit(headers, kind, limit, remaining, reset_s)
     if ctx.cost_micros is not None:
-        headers["x-inferd-cost"] = f"{ctx.cost_micros / MICROS:.6f}"
+        headers["x-inferd-cost"] = decimal_micros(ctx.cost_micros)
     return headers
