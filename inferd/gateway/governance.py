@@ -35,7 +35,7 @@ from inferd.gateway.context import CallContext, Principal
 from inferd.gateway.policy import KeyPolicy, PolicySnapshot
 from inferd.gateway.ratelimit import Buckets, Concurrency, Take, TokenBucket, limit_states
 from inferd.metrics.registry import Metrics
-from inferd.store.records import MICROS, PERIODS, ApiKey, AuditEntry, Tenant, UsageRow
+from inferd.store.records import MICROS, PERIODS, ApiKey, AuditEntry, Tenant, UsageFields
 from inferd.store.sqlite import SqliteStore
 
 log = logging.getLogger("inferd.governance")
@@ -218,7 +218,7 @@ class Governance:
 
     # -- identity ------------------------------------------------------------------------------------
 
-    def authenticate(self, headers: Mapping[str, str], protocol: str, request_id: str) -> Principal:
+    def authenticate(self, headers: dict[str, str], protocol: str, request_id: str) -> Principal:
         """The principal of the presented key, or Unauthenticated (audited, counted)."""
         presented = keys.presented_key(headers)
         if presented is None:
@@ -470,7 +470,7 @@ class Governance:
         status = status_of(exc)
         # Microsecond resolution, rounded half up (cheaper than `round(x, 3)`'s decimal conversion).
         latency_ms = int((time.perf_counter() - lease.started) * 1e6 + 0.5) / 1000.0
-        row = UsageRow(
+        row: UsageFields = (
             ctx.request_id, now, principal.tenant, principal.key_id, lease.workflow, lease.model,
             lease.version, ctx.protocol, prompt, completion, consumed.cached_tokens, cost, status,
             latency_ms, lease.idempotency_key, lease.retry_of,

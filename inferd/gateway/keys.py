@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Mapping
 
 PREFIX = "ik"
 KEY_ID_HEX = 12
@@ -71,10 +70,14 @@ def matches(key: str, stored_hash: str | None) -> bool:
     return ok and stored_hash is not None
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
+def presented_key(headers: dict[str, str]) -> str | None:
     """The key from `Authorization: Bearer <key>` or `x-api-key`, else None."""
     auth = headers.get("authorization")
     if auth:
+        if auth.startswith("Bearer "):  # what clients send (the general case below, with less work)
+            bearer = auth[7:].strip()
+            if bearer:
+                return bearer
         scheme, _, value = auth.strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()

@@ -30,7 +30,7 @@ import orjson
 
 from inferd.errors import JournalLocked
 from inferd.store.ledger_rows import AUDIT_FIELDS
-from inferd.store.records import AuditEntry, UsageRow
+from inferd.store.records import AuditEntry, UsageFields, UsageRow
 
 log = logging.getLogger("inferd.store")
 
@@ -90,17 +90,22 @@ def segments(directory: Path) -> list[int]:
     return sorted(found)
 
 
-def encode(usage: Sequence[UsageRow], audit: Sequence[AuditEntry]) -> bytes:
+def encode(usage: Sequence[UsageFields], audit: Sequence[AuditEntry]) -> bytes:
     """The journal lines of `usage` and `audit`, each ending with a newline."""
     if len(usage) == 1 and not audit:  # the request path's case: one row
-        return orjson.dumps((USAGE_TAG, *usage[0]), option=orjson.OPT_APPEND_NEWLINE)
-    lines = [orjson.dumps((USAGE_TAG, *row), option=orjson.OPT_APPEND_NEWLINE) for row in usage]
+        return _usage_line(usage[0])
+    lines = [_usage_line(row) for row in usage]
     for e in audit:
         fields = (e.time, e.action, e.tenant, e.key_id, e.target, e.outcome, e.request_id, e.detail)
         lines.append(
             orjson.dumps((AUDIT_TAG, *fields), option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
         )
     return b"".join(lines)
+
+
+def _usage_line(row: UsageFields) -> bytes:
+    # A tuple concatenation, not `(USAGE_TAG, *row)`: compiled, the unpacking goes through a list (1.5x).
+    return orjson.dumps((USAGE_TAG,) + row, option=orjson.OPT_APPEND_NEWLINE)  # noqa: RUF005
 
 
 def decode(line: bytes) -> UsageRow | AuditEntry:
@@ -198,7 +203,7 @@ class LedgerJournal:
     def offset(self) -> int:
         return self._written[1]
 
-    def append(self, usage: Sequence[UsageRow], audit: Sequence[AuditEntry] = ()) -> None:
+    def append(self, usage: Sequence[UsageFields], audit: Sequence[AuditEntry] = ()) -> None:
         """Make rows durable (against the process being killed) before returning; OSError when they
         could not be (a full disk): the caller must not report them to the client."""
         if self.closed:

@@ -169,6 +169,11 @@ class UsageRow(NamedTuple):
         return self.prompt_tokens + self.completion_tokens
 
 
+UsageFields = tuple[str, float, str, str, str, str, str, str, int, int, int, int, str, float, str, str]
+"""A `UsageRow`'s fields in order, as a plain tuple: what the request path builds (a NamedTuple's constructor
+runs interpreted, about 240 ns against 25 for the tuple). A `UsageRow` is one too."""
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     """One line of the append-only audit log."""
