@@ -59,6 +59,8 @@ class CallContext:
         """The rate buckets the call was admitted against (their state goes into `x-ratelimit-*`
         headers)."""
         self.admitted_at = 0.0
+        self.allowed_model: str | None = None
+        """The model this call was last found allowed to use (checked once per call)."""
         self.cost_micros: int | None = None
         """The settled cost, once known (the `x-inferd-cost` header)."""
 

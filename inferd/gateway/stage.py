@@ -121,9 +121,12 @@ class Gateway:
     def check_model(self, ctx: CallContext, model: str) -> None:
         """Authenticated and allowed to use `model`; else the same NotFound as an unknown model."""
         self.require(ctx)
+        if model == ctx.allowed_model:  # the transport checks before reading the body, the call again
+            return
         if not allowed(ctx.principal.models, model):
             self.metrics.rejections.labels(ctx.principal.tenant, "access").inc()
             raise NotFound(f"unknown model {model!r}")
+        ctx.allowed_model = model
 
     def model(self, ctx: CallContext, name: str, version: str | None = None) -> ModelVersion:
         self.check_model(ctx, name)
