@@ -80,12 +80,28 @@ def test_matches_only_the_right_key() -> None:
         ({"authorization": "ik_a_b"}, "ik_a_b"),  # a bare key
         ({"authorization": "Basic dXNlcjpwdw=="}, "Basic dXNlcjpwdw=="),  # checked (and refused) as a key
         ({"authorization": "Bearer"}, "Bearer"),
+        ({"authorization": "Bearer  ik_a_b "}, "ik_a_b"),
+        ({"authorization": "Bearer "}, "Bearer"),
+        ({"authorization": "Bearer a b"}, "a b"),
         ({"x-api-key": ""}, None),
         ({}, None),
     ],
 )
 def test_presented_key(headers: dict[str, str], expected: str | None) -> None:
     assert keys.presented_key(headers) == expected
+
+
+def test_known_digests_remember_only_what_they_are_told() -> None:
+    known = keys.KnownDigests(capacity=2)
+    first, second, third = (keys.generate_key()[1] for _ in range(3))
+    assert known.digest(first) == keys.hash_key(first)
+    known.remember(first, keys.hash_key(first))
+    known.remember(second, "not-its-digest")  # remembered as told: the caller vouches for it
+    assert known.digest(first) == keys.hash_key(first)
+    assert known.digest(second) == "not-its-digest"
+    known.remember(third, keys.hash_key(third))  # at capacity: starts over
+    assert known.digest(second) == keys.hash_key(second)
+    assert known.digest(third) == keys.hash_key(third)
 
 
 # -- authentication ---------------------------------------------------------------------------------------
@@ -186,6 +202,16 @@ def test_authenticate_refuses_with_distinct_messages(
     assert reasons == sorted(
         ["missing", "invalid", "invalid", "invalid", "expired", "disabled", "tenant_disabled", "invalid"]
     )
+
+
+def test_a_remembered_key_is_refused_once_revoked(admin: AdminService, gov: Governance) -> None:
+    key_id, key = new_key(admin, gov)
+    for _ in range(3):
+        assert auth(gov, key).key_id == key_id  # remembered after the first
+    assert refused(gov, key + "x") == "invalid API key"
+    admin.revoke_key(ADMIN, key_id)
+    gov.reload_soon()
+    assert refused(gov, key) == "invalid API key"
 
 
 def test_deleting_a_tenant_revokes_its_keys(admin: AdminService, gov: Governance) -> None:
