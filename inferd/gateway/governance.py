@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
@@ -130,6 +130,8 @@ class _Plan:
     checks: tuple[tuple[str, str, TokenBucket], ...]
     """(owner, `requests` or `tokens`, bucket)."""
     owners: tuple[str, ...]
+    request_takes: tuple[Take, ...]
+    """What a request without tokens (a tensor inference) takes: one from each requests bucket."""
 
 
 def status_of(exc: BaseException | None) -> str:
@@ -294,7 +296,8 @@ class Governance:
                 if lim.tpm is not None:
                     checks.append((owner, "tokens", self.buckets.get(owner, "tokens", lim.tpm, now)))
             owners = tuple(owner for owner, _ in policy.limits)
-            plan = _Plan(self.snapshot.version, tuple(caps), tuple(checks), owners)
+            request_takes = tuple((o, k, b, 1) for o, k, b in checks if k == "requests")
+            plan = _Plan(self.snapshot.version, tuple(caps), tuple(checks), owners, request_takes)
             if len(self._plans) >= MAX_PLANS:
                 self._plans.clear()
             self._plans[principal.key_id] = plan
@@ -318,11 +321,11 @@ class Governance:
                     1.0,
                 )
         # What to take from which bucket once everything fits (nothing from a tokens bucket for no tokens).
-        taken = [
-            (owner, kind, bucket, tokens if kind == "tokens" else 1)
-            for owner, kind, bucket in plan.checks
-            if tokens or kind == "requests"
-        ]
+        taken: Sequence[Take] = (
+            [(owner, kind, bucket, tokens if kind == "tokens" else 1) for owner, kind, bucket in plan.checks]
+            if tokens
+            else plan.request_takes
+        )
         for owner, kind, bucket, amount in taken:
             if not bucket.fits(amount, now):
                 self._rate_limited(ctx, model, owner, kind, bucket, amount, taken, now)
@@ -371,7 +374,7 @@ class Governance:
         kind: str,
         bucket: TokenBucket,
         amount: int,
-        taken: list[Take],
+        taken: Sequence[Take],
         now: float,
     ) -> NoReturn:
         wait = bucket.wait_s(amount, now)

@@ -262,14 +262,14 @@ class Gateway:
                 )
         except BaseException as exc:
             try:
-                self._settle(lease, Consumed(), exc, lambda: _tensor_payload(requests, None))
+                self._settle(lease, Consumed(), exc, requests, None)
                 self.record(ctx, model, resolved, exc, start)
             finally:
                 if slot is not None:
                     slot.release()
             raise
         try:
-            self._settle(lease, consumed_of(responses), None, lambda: _tensor_payload(requests, responses))
+            self._settle(lease, consumed_of(responses), None, requests, responses)
             self.record(ctx, model, resolved, None, start)
         finally:
             if slot is not None:
@@ -281,11 +281,14 @@ class Gateway:
         lease: Lease | None,
         consumed: Consumed,
         exc: BaseException | None,
-        payload: Callable[[], dict[str, Any]],
+        requests: Sequence[InferRequest],
+        responses: Sequence[InferResponse] | None,
     ) -> None:
         if lease is None or self.governance is None:
             return
-        self.governance.settle(lease, consumed, exc, payload() if lease.payload_logging != "none" else None)
+        logged = lease.payload_logging != "none"
+        payload = _tensor_payload(requests, responses) if logged else None
+        self.governance.settle(lease, consumed, exc, payload)
 
     # -- generation ----------------------------------------------------------------------------------
 
