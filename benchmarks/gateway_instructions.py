@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per point (default 20)")
+    parser.add_argument("--protocols", default="http,grpc", help="comma-separated (default http,grpc)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of the idle baseline (default 10)")
     parser.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     onnx = onnx_models.identity(work / "identity.onnx", TensorProto.FLOAT, ["batch", 4])
     repo = work / "repo"
     write_inferd_repository(repo, [ServedModel(MODEL, onnx, batching=True)], threads=1)
-    protocols = ["http", "grpc"]
+    protocols = args.protocols.split(",")
     counts = []
     for mode in ("no-auth", "governed"):
         counts += measure(repo, work, mode, protocols, args)
