@@ -35,15 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnx import TensorProto
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway_overhead import MODEL, configure_tenant
+from gateway_overhead import MODEL, configure_tenant, identity_repository
 from v2_report import update_results_file
-from v2_servers import READY_LINE, START_TIMEOUT_S, WORK, Running, ServedModel, write_inferd_repository
+from v2_servers import READY_LINE, START_TIMEOUT_S, WORK, Running, _host_port
 
-from inferd import native, onnx_models
+from inferd import native
 from inferd.loadgen.v2 import V2BenchOptions, run_v2_sync
 
 EVENTS = ("Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
@@ -62,12 +60,6 @@ class Count:
 
     def per_request(self, *names: str) -> float:
         return sum(self.events[n] for n in names) / self.requests
-
-
-def _host_port(value: str) -> str:
-    value = value.split("://", 1)[-1].rstrip("/")
-    host, _, port = value.rpartition(":")
-    return f"{'127.0.0.1' if host in ('0.0.0.0', '', '[::]', '::') else host}:{port}"
 
 
 def start_under_callgrind(repo: Path, state: Path, work: Path, mode: str) -> tuple[Running, Path]:
@@ -223,10 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     work = WORK / "gateway-instructions"
-    work.mkdir(parents=True, exist_ok=True)
-    onnx = onnx_models.identity(work / "identity.onnx", TensorProto.FLOAT, ["batch", 4])
-    repo = work / "repo"
-    write_inferd_repository(repo, [ServedModel(MODEL, onnx, batching=True)], threads=1)
+    repo = identity_repository(work)
     protocols = args.protocols.split(",")
     counts = []
     for mode in ("no-auth", "governed"):

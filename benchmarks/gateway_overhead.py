@@ -72,6 +72,15 @@ def _admin(url: str, key: str, method: str, path: str, body: dict[str, Any] | No
     return json.loads(raw) if raw else None
 
 
+def identity_repository(work: Path) -> Path:
+    """A model repository under `work` serving the trivial model with dynamic batching."""
+    work.mkdir(parents=True, exist_ok=True)
+    onnx = onnx_models.identity(work / "identity.onnx", TensorProto.FLOAT, ["batch", 4])
+    repo = work / "repo"
+    write_inferd_repository(repo, [ServedModel(MODEL, onnx, batching=True)], threads=1)
+    return repo
+
+
 def configure_tenant(server: Running, state_dir: Path) -> str:
     """A tenant with every kind of limit (none of them reached by the run) and a user key for it."""
     admin = (state_dir / "admin.key").read_text().strip()
@@ -188,10 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args.protocols = ["http-json", "grpc"]
     started = time.monotonic()
     work = WORK / "gateway"
-    work.mkdir(parents=True, exist_ok=True)
-    onnx = onnx_models.identity(work / "identity.onnx", TensorProto.FLOAT, ["batch", 4])
-    repo = work / "repo"
-    write_inferd_repository(repo, [ServedModel(MODEL, onnx, batching=True)], threads=1)
+    repo = identity_repository(work)
     servers: dict[str, Running] = {}
     states = {mode: work / f"state-{mode}" for mode in ("no-auth", "governed")}
     for state in states.values():
