@@ -46,16 +46,27 @@ def source(module: str) -> Path:
     return ROOT / (module.replace(".", "/") + ".py")
 
 
+LIBRARY = "inferd.request_path"
+"""The group's name: mypyc builds every module of the set into one library, `inferd/request_path__mypyc`,
+and each module into a small extension that loads its part of it. One library rather than one per module:
+calls between the modules are direct, and the request path's code sits together (served, -4 µs of event-
+loop time per governed request, every round of 5; session 7)."""
+
+
+def library() -> Path:
+    """The group's shared library (present or not)."""
+    return ROOT / (LIBRARY.replace(".", "/") + "__mypyc" + _SUFFIX)
+
+
 def artifacts(module: str) -> list[Path]:
-    """The module's compiled files present: its extension and mypyc's runtime library for it."""
-    base = source(module).with_suffix("")
-    found = [base.with_name(base.name + _SUFFIX), base.with_name(base.name + "__mypyc" + _SUFFIX)]
+    """The module's compiled files present: its extension and the group's library."""
+    found = [source(module).with_suffix(_SUFFIX), library()]
     return [p for p in found if p.exists()]
 
 
 def compiled() -> list[str]:
-    """The modules whose compiled extension is present (what Python will import)."""
-    return [m for m in MODULES if artifacts(m)]
+    """The modules whose compiled extension and library are present (what Python will import)."""
+    return [m for m in MODULES if len(artifacts(m)) == 2]
 
 
 def stale() -> list[str]:
@@ -69,8 +80,9 @@ def stale() -> list[str]:
 def remove() -> None:
     """Delete every compiled file: the sources run as plain Python."""
     for module in MODULES:
-        for path in artifacts(module):
-            path.unlink()
+        source(module).with_suffix(_SUFFIX).unlink(missing_ok=True)
+    for path in (ROOT / "inferd").rglob("*__mypyc" + _SUFFIX):  # the library (and older builds' ones)
+        path.unlink()
 
 
 def build(force: bool = False) -> None:
@@ -91,7 +103,7 @@ def build(force: bool = False) -> None:
                 name="inferd-native",
                 ext_modules=mypycify(
                     [str(source(m).relative_to(ROOT)) for m in MODULES],
-                    separate=True,  # one library per module, inside the package (no top-level module)
+                    group_name=LIBRARY,  # one library, inside the package (no top-level module)
                     opt_level="3",
                     target_dir=str(BUILD_DIR / "c"),
                 ),
