@@ -8,16 +8,17 @@ under valgrind's callgrind with its cache model, at a fixed open-loop rate over 
 what the server executes per request: instructions (Ir), first-level instruction and data cache misses
 (I1, D1, sized as the CPU reports them) and misses of a 2 MiB second level (this machine's L2), from the
 moment the load starts to its end (server start and warm-up excluded), less what the server runs idle in
-as long (its background work, measured before the load). The counts repeat to within a fraction of a
-percent, so a change of a few hundred instructions per request shows. Each count is also given relative to
-the `--no-auth` baseline of the same run. The server runs about 50 times slower under valgrind; the rate
-stays low (a few hundred requests per second at most), and work that runs per second rather than per
-request (the governance watcher) weighs more per request than at full load.
+as long (its background work, measured before the load). A total per request repeats to within about
+1% between runs of the same build; the governed server's background work that follows the load (WAL
+checkpoints of what its importer wrote) moves the governed-minus-baseline difference by several thousand
+instructions. Each count is also given relative to the `--no-auth` baseline of the same run. The server
+runs about 50 times slower under valgrind, so the rate stays low (50 req/s by default; gRPC calls time out
+above about 70).
 
 Served time follows the misses as much as the instructions: on a saturated event loop, governance code
 runs once per request between everything else the server does, so its instructions and data come from
-the second level (session 7: 50k more instructions per governed request and 2k more first-level
-instruction misses). Rewrites the `gateway_instructions` section of `benchmarks/RESULTS.md`.
+the second level (session 7: at its end, 37-48k more instructions per governed REST request and 1.4k more
+first-level instruction misses). Rewrites the `gateway_instructions` section of `benchmarks/RESULTS.md`.
 """
 
 from __future__ import annotations
