@@ -156,10 +156,16 @@ class _UsageCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         tokens, cost, retries = self._families()
-        for (tenant, model, kind), n in self.totals.tokens.copy().items():
-            tokens.add_metric([tenant, model, kind], n)
-        for (tenant, model), micros in self.totals.cost_micros.copy().items():
-            cost.add_metric([tenant, model], micros / MICROS)
+        for (tenant, model), t in self.totals.models.copy().items():
+            for kind, n in (
+                ("prompt", t.prompt_tokens),
+                ("completion", t.completion_tokens),
+                ("cached", t.cached_tokens),
+            ):
+                if n:
+                    tokens.add_metric([tenant, model, kind], n)
+            if t.cost_micros:
+                cost.add_metric([tenant, model], t.cost_micros / MICROS)
         for tenant, n in self.totals.retries.copy().items():
             retries.add_metric([tenant], n)
         return iter((tokens, cost, retries))

@@ -10,14 +10,22 @@ micro-units and converted once, when read.
 from __future__ import annotations
 
 
+class ModelTotals:
+    """One tenant's settled usage of one model (native integers when compiled)."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cached_tokens = 0
+        self.cost_micros = 0
+
+
 class UsageTotals:
     """Running totals since the server started (Prometheus counters: never decrease)."""
 
     def __init__(self) -> None:
-        self.tokens: dict[tuple[str, str, str], int] = {}
-        """(tenant, model, kind: prompt, completion or cached) -> tokens."""
-        self.cost_micros: dict[tuple[str, str], int] = {}
-        """(tenant, model) -> cost in micro-units of the currency."""
+        self.models: dict[tuple[str, str], ModelTotals] = {}
+        """(tenant, model) -> its totals (a series appears once its amount is not zero)."""
         self.retries: dict[str, int] = {}
         """tenant -> requests that declared themselves retries."""
 
@@ -31,19 +39,14 @@ class UsageTotals:
         cost_micros: int,
         retry: bool,
     ) -> None:
-        """Count one settled request (zero amounts create no series)."""
-        tokens = self.tokens
-        if prompt:
-            key = (tenant, model, "prompt")
-            tokens[key] = tokens.get(key, 0) + prompt
-        if completion:
-            key = (tenant, model, "completion")
-            tokens[key] = tokens.get(key, 0) + completion
-        if cached:
-            key = (tenant, model, "cached")
-            tokens[key] = tokens.get(key, 0) + cached
-        if cost_micros:
-            pair = (tenant, model)
-            self.cost_micros[pair] = self.cost_micros.get(pair, 0) + cost_micros
+        """Count one settled request."""
+        key = (tenant, model)
+        totals = self.models.get(key)
+        if totals is None:
+            totals = self.models[key] = ModelTotals()
+        totals.prompt_tokens += prompt
+        totals.completion_tokens += completion
+        totals.cached_tokens += cached
+        totals.cost_micros += cost_micros
         if retry:
             self.retries[tenant] = self.retries.get(tenant, 0) + 1

@@ -21,9 +21,9 @@ def _reset(seconds: float) -> str:
 
 def decimal_micros(micros: int) -> str:
     """Micro-units as a decimal with six places (`1234567` -> `1.234567`), exactly, without a float."""
-    whole, fraction = divmod(micros, MICROS)
-    digits = str(fraction)
-    return f"{whole}.{'0' * (6 - len(digits))}{digits}"
+    whole = micros // MICROS
+    padded = str(micros - whole * MICROS + MICROS)  # "1" and the six digits of the fraction
+    return f"{whole}.{padded[1:]}"
 
 
 _NAMES = {
