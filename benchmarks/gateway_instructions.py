@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gateway_overhead import MODEL, configure_tenant, identity_repository
 from v2_report import update_results_file
-from v2_servers import READY_LINE, START_TIMEOUT_S, WORK, Running, _host_port
+from v2_servers import WORK, Running, start_inferd
 
 from inferd import native
 from inferd.loadgen.v2 import V2BenchOptions, run_v2_sync
@@ -68,25 +68,9 @@ def start_under_callgrind(repo: Path, state: Path, work: Path, mode: str) -> tup
     out = work / f"callgrind.{mode}.out"
     for old in work.glob(f"callgrind.{mode}.out*"):
         old.unlink()
-    exe = Path(sys.executable).parent / "inferd"
-    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes", *CACHES,
-           f"--callgrind-out-file={out}", str(exe), "serve", "--model-repository", str(repo),
-           "--http-port", "0", "--grpc-port", "0", "--state-dir", str(state),
-           "--log-level", "warning"]  # fmt: skip
-    if mode == "no-auth":
-        cmd.append("--no-auth")
-    log_path = work / f"{mode}.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - owned by the Running handle
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and proc.poll() is None:
-        match = READY_LINE.search(log_path.read_text(errors="replace"))
-        if match:
-            http, grpc = (_host_port(v) for v in match.groups())
-            return Running("inferd", proc, f"http://{http}", grpc, log_path, log), out
-        time.sleep(0.5)
-    Running("inferd", proc, "", "", log_path, log).stop()
-    raise RuntimeError(f"inferd under valgrind did not start; log tail:\n{log_path.read_text()[-3000:]}")
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes", *CACHES,
+                f"--callgrind-out-file={out}"]  # fmt: skip
+    return start_inferd(repo, state, work / f"{mode}.log", auth=mode == "governed", prefix=valgrind), out
 
 
 def _load(server: Running, protocol: str, key: str | None, rate: float, duration: float) -> int:

@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -232,11 +233,14 @@ def write_inferd_repository(repo: Path, models: list[ServedModel], threads: int)
         (repo / m.name / "config.yaml").write_text("\n".join(lines) + "\n")
 
 
-def start_inferd(repo: Path, state_dir: Path, log_path: Path, auth: bool = False) -> Running:
+def start_inferd(
+    repo: Path, state_dir: Path, log_path: Path, auth: bool = False, prefix: Sequence[str] = ()
+) -> Running:
     """`inferd serve` on free ports (`--no-auth` unless `auth`); returns once it printed its listening line
-    and reports ready."""
+    and reports ready. `prefix`: a command that runs the server (valgrind, say)."""
     exe = Path(sys.executable).parent / "inferd"
-    cmd = [str(exe), "serve", "--model-repository", str(repo), "--http-port", "0", "--grpc-port", "0"]
+    cmd = [*prefix, str(exe), "serve", "--model-repository", str(repo)]
+    cmd += ["--http-port", "0", "--grpc-port", "0"]
     cmd += ["--state-dir", str(state_dir), "--log-level", "warning"] + ([] if auth else ["--no-auth"])
     proc, log = _popen("inferd", cmd, ROOT, log_path)
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -92,8 +92,6 @@ def segments(directory: Path) -> list[int]:
 
 def encode(usage: Sequence[UsageFields], audit: Sequence[AuditEntry]) -> bytes:
     """The journal lines of `usage` and `audit`, each ending with a newline."""
-    if len(usage) == 1 and not audit:  # the request path's case: one row
-        return _usage_line(usage[0])
     lines = [_usage_line(row) for row in usage]
     for e in audit:
         fields = (e.time, e.action, e.tenant, e.key_id, e.target, e.outcome, e.request_id, e.detail)
