@@ -259,6 +259,11 @@ async def test_ledger_survives_sigkill(repo: Path, tmp_path: Path, processes: li
         (after,) = client.get("/admin/v1/budgets", params={"tenant": tenant}).json()
         assert after["used_requests"] == count + 1
         assert after["used_tokens"] == tokens + r.json()["usage"]["total_tokens"]
+    # A graceful stop: the server waits for its importer child, so no process still holds the database (the
+    # last connection to close removes the WAL's `-shm` file, which a SIGKILLed server's orphaned importer
+    # would do while the files below are read).
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.proc.wait(30) == 0, second.log()
     stop(second)
     # Keys never reach the log or the database file.
     logs = first.log() + second.log()
