@@ -20,14 +20,12 @@ import calendar
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final
 
 from inferd.store.records import PERIODS, Budget, Period
 
-ALL_WORKFLOWS = "\x00all"
+ALL_WORKFLOWS: Final = "\x00all"
 """The workflow slot of a tenant's own counters."""
-MAX_RESOLVED = 100_000
-"""(tenant, workflow) pairs whose settled counters are kept resolved."""
 
 
 class Amount:
@@ -71,12 +69,9 @@ class Amount:
         return f"Amount(tokens={self.tokens}, cost_micros={self.cost_micros}, requests={self.requests})"
 
 
-ZERO = Amount()
+ZERO: Final = Amount()
 CounterKey = tuple[str, str, Period, float]
 """(tenant, workflow or ALL_WORKFLOWS, period, period start)."""
-SlotKey = tuple[str, str]
-"""(tenant, workflow or ALL_WORKFLOWS): where in-flight reservations are held."""
-K = TypeVar("K", CounterKey, SlotKey)
 
 
 def period_start(period: Period, now: float) -> float:
@@ -119,11 +114,12 @@ class _PeriodStarts:
 class Reservation:
     """An admitted request's hold on its tenant's (and workflow's) in-flight counters."""
 
-    def __init__(self, tenant: str, workflow: str, amount: Amount, keys: list[SlotKey]) -> None:
+    def __init__(self, tenant: str, workflow: str, amount: Amount, slots: list[_Slot]) -> None:
         self.tenant: Final = tenant
         self.workflow: Final = workflow
         self.amount: Final = amount
-        self.keys: Final = keys
+        self.slots: Final = slots
+        """The tenant's slot, then the workflow's (when the request names one)."""
         self.open = True
 
 
@@ -161,20 +157,49 @@ class Counts:
         return Amount(self.tokens, self.cost_micros, self.requests)
 
 
+class _Slot:
+    """The counters of a tenant (workflow ``""``) or of one of its workflows: what is in flight, and the
+    settled counters of the periods holding now (resolved once per UTC day, so a request's check and
+    settlement look up nothing by a composite key)."""
+
+    def __init__(self, tenant: str, workflow: str) -> None:
+        self.tenant: Final = tenant
+        self.workflow: Final = workflow
+        self.reserved = Counts()
+        self.starts: tuple[tuple[Period, float], ...] = ()
+        """The period starts `settled` belongs to (compared by identity with `_PeriodStarts`' answer)."""
+        self.settled: list[Counts] = []
+
+
 class BudgetBook:
     """Settled and reserved amounts per counter."""
 
     def __init__(self) -> None:
         self._settled: dict[CounterKey, Counts] = {}
-        self._reserved: dict[SlotKey, Counts] = {}
         self._starts = _PeriodStarts()
-        self._counters: dict[SlotKey, tuple[tuple[tuple[Period, float], ...], list[Counts]]] = {}
-        """Per (tenant, workflow): the settled counters of the periods holding now, and those periods."""
+        self._slots: dict[str, dict[str, _Slot]] = {}
+        """Per tenant, per workflow (``""``: the tenant's own). Kept while the server runs, as the settled
+        counters are: as many as the tenants and workflows seen."""
 
-    def _keys(self, tenant: str, workflow: str, now: float) -> list[CounterKey]:
+    def _slot(self, tenant: str, workflow: str) -> _Slot:
+        slots = self._slots.get(tenant)
+        if slots is None:
+            slots = self._slots[tenant] = {}
+        slot = slots.get(workflow)
+        if slot is None:
+            slot = slots[workflow] = _Slot(tenant, workflow)
+        return slot
+
+    def _settled_in(self, slot: _Slot, now: float) -> list[Counts]:
+        """The slot's settled counter for each of PERIODS, of the periods holding `now`."""
         starts = self._starts(now)
-        slots = (ALL_WORKFLOWS, workflow) if workflow else (ALL_WORKFLOWS,)
-        return [(tenant, w, p, start) for w in slots for p, start in starts]
+        if slot.starts is not starts:
+            workflow = slot.workflow or ALL_WORKFLOWS
+            slot.settled = [
+                self._settled.setdefault((slot.tenant, workflow, p, start), Counts()) for p, start in starts
+            ]
+            slot.starts = starts
+        return slot.settled
 
     def _start(self, period: Period, now: float) -> float:
         for p, start in self._starts(now):
@@ -186,32 +211,31 @@ class BudgetBook:
         """Settled usage from the ledger: (period, period start, tenant, workflow, amount) per row."""
         for period, start, tenant, workflow, amount in sums:
             for slot in [ALL_WORKFLOWS, workflow] if workflow else [ALL_WORKFLOWS]:
-                _add(self._settled, (tenant, slot, period, start), amount, 1)
+                self._settled.setdefault((tenant, slot, period, start), Counts()).add(amount, 1)
 
     def settled(self, tenant: str, workflow: str, period: Period, now: float) -> Amount:
-        return _amount(
-            self._settled.get((tenant, workflow or ALL_WORKFLOWS, period, self._start(period, now)))
-        )
+        counts = self._settled.get((tenant, workflow or ALL_WORKFLOWS, period, self._start(period, now)))
+        return ZERO if counts is None else counts.amount()
 
     def reserved(self, tenant: str, workflow: str, period: Period, now: float) -> Amount:
         """In flight now; the same for every period (a reservation settles in whichever holds its end)."""
-        return _amount(self._reserved.get((tenant, workflow or ALL_WORKFLOWS)))
+        slot = self._slots.get(tenant, {}).get(workflow)
+        return ZERO if slot is None else slot.reserved.amount()
 
     def check(
         self, tenant: str, workflow: str, budgets: Sequence[Budget], amount: Amount, now: float
     ) -> Refusal | None:
         """The first budget that `amount` would overrun, or None when it fits all."""
-        settled = self._settled_counters(tenant, workflow, now)
+        own = self._slot(tenant, "")
         for budget in budgets:
-            index = _PERIOD_INDEX[budget.period]
-            if budget.scope == "workflow":
-                if not workflow:
-                    continue
-                used, held = settled[len(PERIODS) + index], self._reserved.get((tenant, workflow))
+            if budget.scope != "workflow":
+                slot = own
+            elif workflow:
+                slot = self._slot(tenant, workflow)
             else:
-                used, held = settled[index], self._reserved.get((tenant, ALL_WORKFLOWS))
-            if held is None:
-                held = _NONE
+                continue
+            used = self._settled_in(slot, now)[_PERIOD_INDEX[budget.period]]
+            held = slot.reserved
             refusal = (
                 _over(budget, "tokens", budget.max_tokens, used.tokens, held.tokens, amount.tokens)
                 or _over(budget, "cost", budget.max_cost_micros, used.cost_micros, held.cost_micros,
@@ -225,50 +249,38 @@ class BudgetBook:
 
     def reserve(self, tenant: str, workflow: str, amount: Amount, now: float) -> Reservation:
         """Hold `amount` (call after `check` said it fits)."""
-        keys = [(tenant, ALL_WORKFLOWS), (tenant, workflow)] if workflow else [(tenant, ALL_WORKFLOWS)]
-        for key in keys:
-            _add(self._reserved, key, amount, 1)
-        return Reservation(tenant, workflow, amount, keys)
+        slots = [self._slot(tenant, "")]
+        if workflow:
+            slots.append(self._slot(tenant, workflow))
+        for slot in slots:
+            slot.reserved.add(amount, 1)
+        return Reservation(tenant, workflow, amount, slots)
 
     def settle(self, reservation: Reservation, actual: Amount, now: float) -> None:
         """Replace the reservation by the actual amount (settled in the periods holding `now`)."""
         self.release(reservation)
-        for counts in self._settled_counters(reservation.tenant, reservation.workflow, now):
-            counts.add(actual, 1)
-
-    def _settled_counters(self, tenant: str, workflow: str, now: float) -> list[Counts]:
-        """The settled counters a request of `tenant` and `workflow` settles into now, the tenant's for each
-        of PERIODS, then the workflow's (resolved once per tenant, workflow and UTC day: settled counters
-        are never removed)."""
-        starts = self._starts(now)
-        found = self._counters.get((tenant, workflow))
-        if found is not None and found[0] is starts:
-            return found[1]
-        counters = [self._settled.setdefault(key, Counts()) for key in self._keys(tenant, workflow, now)]
-        if len(self._counters) >= MAX_RESOLVED:
-            self._counters.clear()
-        self._counters[(tenant, workflow)] = (starts, counters)
-        return counters
+        for slot in reservation.slots:
+            for counts in self._settled_in(slot, now):
+                counts.add(actual, 1)
 
     def release(self, reservation: Reservation) -> None:
         if not reservation.open:
             return
         reservation.open = False
-        for key in reservation.keys:
-            _add(self._reserved, key, reservation.amount, -1)
+        for slot in reservation.slots:
+            slot.reserved.add(reservation.amount, -1)
 
     def in_flight(self) -> Amount:
         """Everything reserved now (summed over tenants)."""
         total = ZERO
-        for (_, slot), counts in self._reserved.items():
-            if slot == ALL_WORKFLOWS:
-                total = total + counts.amount()
+        for slots in self._slots.values():
+            own = slots.get("")
+            if own is not None:
+                total = total + own.reserved.amount()
         return total
 
 
-_NONE = Counts()
-"""Nothing held (read only)."""
-_PERIOD_INDEX = {p: i for i, p in enumerate(PERIODS)}
+_PERIOD_INDEX: Final = {p: i for i, p in enumerate(PERIODS)}
 
 
 def _over(
@@ -278,17 +290,3 @@ def _over(
     if cap is not None and used + held + asked > cap:
         return Refusal(budget, dimension, used, held, cap, asked)
     return None
-
-
-def _amount(counts: Counts | None) -> Amount:
-    return ZERO if counts is None else counts.amount()
-
-
-def _add(table: dict[K, Counts], key: K, amount: Amount, sign: int) -> None:
-    """table[key] += sign * amount, in place; a counter back at zero is dropped (reservations end)."""
-    counts = table.get(key)
-    if counts is None:
-        table[key] = counts = Counts()
-    counts.add(amount, sign)
-    if sign < 0 and counts.is_zero():
-        del table[key]

@@ -33,16 +33,16 @@ from inferd.gateway import keys
 from inferd.gateway.budgets import Amount, BudgetBook, Refusal, Reservation, period_end, period_start
 from inferd.gateway.context import CallContext, Principal
 from inferd.gateway.policy import KeyPolicy, PolicySnapshot
-from inferd.gateway.ratelimit import Buckets, Concurrency, Take, TokenBucket, limit_states
+from inferd.gateway.ratelimit import Buckets, Concurrency, InFlight, Take, TokenBucket, limit_states
 from inferd.metrics.registry import Metrics
 from inferd.store.records import MICROS, PERIODS, ApiKey, AuditEntry, Tenant, UsageFields
 from inferd.store.sqlite import SqliteStore
 
 log = logging.getLogger("inferd.governance")
 
-ADMIN_TENANT = "admin"
-ADMIN_KEY_FILE = "admin.key"
-IDEMPOTENCY_MEMORY = 100_000
+ADMIN_TENANT: Final = "admin"
+ADMIN_KEY_FILE: Final = "admin.key"
+IDEMPOTENCY_MEMORY: Final = 100_000
 """Idempotency keys remembered (per server) to link retries to their first request."""
 
 
@@ -95,7 +95,7 @@ class Lease:
         demand: Demand,
         reservation: Reservation,
         token_buckets: list[TokenBucket],
-        owners: tuple[str, ...],
+        in_flight: tuple[InFlight, ...],
         started: float,
         retry_of: str = "",
         idempotency_key: str = "",
@@ -108,7 +108,8 @@ class Lease:
         self.demand: Final = demand
         self.reservation: Final = reservation
         self.token_buckets: Final = token_buckets
-        self.owners: Final = owners
+        self.in_flight: Final = in_flight
+        """The concurrency counters the request entered (its key's and its tenant's)."""
         self.started: Final = started
         self.retry_of: Final = retry_of
         self.idempotency_key: Final = idempotency_key
@@ -117,7 +118,7 @@ class Lease:
         self.settled = False
 
 
-MAX_PLANS = 100_000
+MAX_PLANS: Final = 100_000
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,12 @@ class _Plan:
 
     version: int
     """The configuration snapshot it was resolved from."""
-    caps: tuple[tuple[str, int], ...]
+    caps: tuple[tuple[str, InFlight, int], ...]
+    """(owner, its requests in flight, its concurrency cap)."""
     checks: tuple[tuple[str, str, TokenBucket], ...]
     """(owner, `requests` or `tokens`, bucket)."""
-    owners: tuple[str, ...]
+    in_flight: tuple[InFlight, ...]
+    """Every owner's requests in flight (capped or not: reported either way)."""
     request_takes: tuple[Take, ...]
     """What a request without tokens (a tensor inference) takes: one from each requests bucket."""
 
@@ -290,14 +293,14 @@ class Governance:
             caps, checks = [], []
             for owner, lim in policy.limits:
                 if lim.max_concurrent is not None:
-                    caps.append((owner, lim.max_concurrent))
+                    caps.append((owner, self.concurrency.slot(owner), lim.max_concurrent))
                 if lim.rpm is not None:
                     checks.append((owner, "requests", self.buckets.get(owner, "requests", lim.rpm, now)))
                 if lim.tpm is not None:
                     checks.append((owner, "tokens", self.buckets.get(owner, "tokens", lim.tpm, now)))
-            owners = tuple(owner for owner, _ in policy.limits)
+            in_flight = tuple(self.concurrency.slot(owner) for owner, _ in policy.limits)
             request_takes = tuple((o, k, b, 1) for o, k, b in checks if k == "requests")
-            plan = _Plan(self.snapshot.version, tuple(caps), tuple(checks), owners, request_takes)
+            plan = _Plan(self.snapshot.version, tuple(caps), tuple(checks), in_flight, request_takes)
             if len(self._plans) >= MAX_PLANS:
                 self._plans.clear()
             self._plans[principal.key_id] = plan
@@ -311,9 +314,8 @@ class Governance:
         policy = self._policy(principal)
         plan = self._plan(principal, policy, now)
         tokens = demand.tokens
-        concurrency = self.concurrency
-        for owner, cap in plan.caps:
-            if concurrency.current(owner) >= cap:
+        for owner, counter, cap in plan.caps:
+            if counter.n >= cap:
                 self._refuse(ctx, model, "concurrency")
                 raise RateLimited(
                     f"too many concurrent requests for {_owner_words(owner)}: the limit is {cap}",
@@ -345,8 +347,8 @@ class Governance:
             bucket.take(amount, now)
             if kind == "tokens":
                 token_buckets.append(bucket)
-        for owner in plan.owners:
-            concurrency.enter(owner)
+        for counter in plan.in_flight:
+            counter.n += 1
         ctx.limit_buckets = taken
         ctx.admitted_at = now
         idempotency_key = ctx.headers.get("idempotency-key", "")[:256]
@@ -359,7 +361,7 @@ class Governance:
             demand,
             reservation,
             token_buckets,
-            plan.owners,
+            plan.in_flight,
             time.perf_counter(),
             self._retry_of(ctx, idempotency_key),
             idempotency_key,
@@ -467,8 +469,8 @@ class Governance:
             unused = lease.demand.tokens - (prompt + completion)
             for bucket in lease.token_buckets:
                 bucket.give_back(unused, now)
-        for owner in lease.owners:
-            self.concurrency.leave(owner)
+        for counter in lease.in_flight:
+            counter.n -= 1
         ctx.cost_micros = cost
         status = status_of(exc)
         # Microsecond resolution, rounded half up (cheaper than `round(x, 3)`'s decimal conversion).
@@ -499,7 +501,10 @@ class Governance:
             audit = (AuditEntry(now, "inference", tenant, principal.key_id, lease.model, status,
                                 ctx.request_id, detail),)  # fmt: skip
         try:
-            self.journal.append((row,), audit)
+            if audit:
+                self.journal.append((row,), audit)
+            else:
+                self.journal.append_usage(row)
         except OSError as err:
             log.error("usage ledger write failed for request %s: %s", ctx.request_id, err)
             raise LedgerWriteFailed(f"usage ledger write failed: {err}") from None
@@ -518,8 +523,8 @@ class Governance:
         now = self.clock()
         for bucket in lease.token_buckets:
             bucket.give_back(lease.demand.tokens, now)
-        for owner in lease.owners:
-            self.concurrency.leave(owner)
+        for counter in lease.in_flight:
+            counter.n -= 1
 
     def _update_budget_gauges(self) -> None:
         """Point `inferd_budget_remaining` at the budgets of the current snapshot (computed at scrape time,

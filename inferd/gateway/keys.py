@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from typing import Final
 
-PREFIX = "ik"
-KEY_ID_HEX = 12
-_HEX = frozenset("0123456789abcdef")
-_DUMMY_HASH = hashlib.sha256(b"inferd-dummy-key").hexdigest()
+PREFIX: Final = "ik"
+KEY_ID_HEX: Final = 12
+_HEX: Final = frozenset("0123456789abcdef")
+_DUMMY_HASH: Final = hashlib.sha256(b"inferd-dummy-key").hexdigest()
 
 
 def generate_key() -> tuple[str, str]:

@@ -4,13 +4,14 @@ path reads without touching the database; rebuilt when the configuration changes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from inferd.gateway.context import Principal
 from inferd.qos import Tier
 from inferd.store.records import ApiKey, Budget, Limits, Price, Tenant
 from inferd.store.sqlite import SqliteStore
 
-FREE = Price("*")
+FREE: Final = Price("*")
 
 
 @dataclass(frozen=True)

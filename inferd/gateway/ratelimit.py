@@ -78,27 +78,41 @@ class Buckets:
         return bucket
 
 
-class Concurrency:
-    """Requests in flight per owner."""
+class InFlight:
+    """One owner's requests in flight. An admission plan holds its owners' counters, so admitting and
+    settling a request touch no dictionary."""
 
     def __init__(self) -> None:
-        self._count: dict[str, int] = {}
+        self.n = 0
+
+
+class Concurrency:
+    """Requests in flight per owner (a key or a tenant: the counters are as many as the configured keys and
+    tenants, and are kept while the server runs, since a plan may hold them)."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, InFlight] = {}
+
+    def slot(self, owner: str) -> InFlight:
+        found = self._slots.get(owner)
+        if found is None:
+            found = self._slots[owner] = InFlight()
+        return found
 
     def current(self, owner: str) -> int:
-        return self._count.get(owner, 0)
+        found = self._slots.get(owner)
+        return 0 if found is None else found.n
 
     def enter(self, owner: str) -> None:
-        self._count[owner] = self._count.get(owner, 0) + 1
+        self.slot(owner).n += 1
 
     def leave(self, owner: str) -> None:
-        n = self._count.get(owner, 0) - 1
-        if n > 0:
-            self._count[owner] = n
-        else:
-            self._count.pop(owner, None)
+        found = self.slot(owner)
+        if found.n > 0:
+            found.n -= 1
 
     def total(self) -> int:
-        return sum(self._count.values())
+        return sum(s.n for s in self._slots.values())
 
 
 Take = tuple[str, str, TokenBucket, int]

@@ -17,7 +17,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from inferd.dataplane import DataPlane, Slot
 from inferd.errors import NotFound, PermissionDenied, Unauthenticated
@@ -34,11 +34,11 @@ from inferd.repository.model_version import ModelVersion
 from inferd.store.records import AuditEntry
 from inferd.tensors import InferRequest, InferResponse
 
-UNKNOWN_MODEL = "_unknown"
-ONE_INFERENCE = Demand(inferences=1)
+UNKNOWN_MODEL: Final = "_unknown"
+ONE_INFERENCE: Final = Demand(inferences=1)
 """What a V2 inference reserves and (`_one_inference`) uses: one inference (value objects, shared)."""
-_USED_ONE_INFERENCE = Consumed(inferences=1)
-PAYLOAD_CHARS = 65536
+_USED_ONE_INFERENCE: Final = Consumed(inferences=1)
+PAYLOAD_CHARS: Final = 65536
 """Most characters of prompt or output kept per inference by `full` payload logging."""
 
 

@@ -22,6 +22,7 @@ from inferd.errors import InvalidInput
 from inferd.gateway.context import CallContext
 from inferd.gateway.stage import Gateway
 from inferd.server import model_views, status
+from inferd.server.http_headers import metadata_dict
 from inferd.server.usage_headers import error_headers, success_headers
 from inferd.tensors import Array, InferRequest, InferResponse, OutputRequest, Tensor, uint_parameter
 
@@ -137,7 +138,7 @@ class V2Grpc(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[mis
         await context.abort(status.grpc_code(exc), status.message(exc))
 
     def _begin(self, context: Any) -> CallContext:
-        headers = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        headers = metadata_dict(context.invocation_metadata())
         return self.gateway.begin("grpc", headers, status.grpc_code_label)
 
     async def ServerLive(self, request: Any, context: Any) -> Any:

@@ -6,7 +6,7 @@ import asyncio
 import gzip
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -18,7 +18,7 @@ from inferd.errors import Cancelled, InvalidInput, PayloadTooLarge, Unauthentica
 from inferd.gateway.context import CallContext
 from inferd.gateway.stage import Gateway
 from inferd.server import model_views, status
-from inferd.server.http_headers import header_dict
+from inferd.server.http_headers import header_dict, raw_headers
 from inferd.server.usage_headers import error_headers, success_headers
 from inferd.server.v2_codec import HEADER_LENGTH, decode_request, encode_response
 
@@ -42,9 +42,12 @@ def error_response(exc: BaseException, request_id: str | None = None) -> Respons
     return json_response({"error": status.message(exc)}, status.http_status(exc), headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, decompressed, refusing more than `limit` bytes (413)."""
-    declared = request.headers.get("content-length")
+async def read_body(request: Request, limit: int, headers: Mapping[str, str] | None = None) -> bytes:
+    """The request body, decompressed, refusing more than `limit` bytes (413). `headers`: the request's
+    as a dict when the caller has them (`request.headers` rescans the raw list on every get)."""
+    if headers is None:
+        headers = request.headers
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
     chunks = []
@@ -58,7 +61,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     except ClientDisconnect:  # not a server fault: counted as a closed client, not as a 500
         raise Cancelled(f"the client closed the connection after {size} bytes of its body") from None
     body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "").lower()
+    encoding = headers.get("content-encoding", "").lower()
     if encoding in ("gzip", "deflate"):
         try:
             obj = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
@@ -228,8 +231,8 @@ class V2Http:
         ctx = self._begin(request)
         try:
             self.gateway.check_model(ctx, name)
-            body = await read_body(request, self.max_body_bytes)
-            infer_request = decode_request(body, request.headers.get(HEADER_LENGTH), name, version)
+            body = await read_body(request, self.max_body_bytes, ctx.headers)
+            infer_request = decode_request(body, ctx.headers.get(HEADER_LENGTH), name, version)
         except Exception as exc:
             self.gateway.record(ctx, name, version or "", exc, started)
             return error_response(exc, ctx.request_id)
@@ -240,9 +243,13 @@ class V2Http:
             return error_response(exc, ctx.request_id)
         headers = success_headers(ctx, rate_limits=False)
         if header_len is None:
-            return Response(out, media_type=JSON, headers=headers)
-        headers[HEADER_LENGTH] = str(header_len)
-        return Response(out, media_type="application/octet-stream", headers=headers)
+            reply = Response(out, media_type=JSON)
+        else:
+            headers[HEADER_LENGTH] = str(header_len)
+            reply = Response(out, media_type="application/octet-stream")
+        # Encoded by the compiled helper, not starlette's per-header loop (names are lower case already).
+        reply.raw_headers.extend(raw_headers(headers))
+        return reply
 
 
 def _header_text(text: str) -> str:

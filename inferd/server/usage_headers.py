@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import Final
 
 from inferd.errors import LimitState, RateLimited, ResourceExhausted
 from inferd.gateway.context import CallContext
@@ -26,7 +27,7 @@ def decimal_micros(micros: int) -> str:
     return f"{whole}.{padded[1:]}"
 
 
-_NAMES = {
+_NAMES: Final = {
     kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
     for kind in ("requests", "tokens")
 }

@@ -24,7 +24,7 @@ import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -34,19 +34,19 @@ from inferd.store.records import AuditEntry, UsageFields, UsageRow
 
 log = logging.getLogger("inferd.store")
 
-JOURNAL_DIR = "ledger"
-LOCK_NAME = "lock"
-POSITION_NAME = "written"
-SEGMENT_BYTES = 64 * 1024 * 1024
+JOURNAL_DIR: Final = "ledger"
+LOCK_NAME: Final = "lock"
+POSITION_NAME: Final = "written"
+SEGMENT_BYTES: Final = 64 * 1024 * 1024
 """Size past which the writer starts a new segment (imported segments are deleted)."""
-USAGE_TAG = "u"
-AUDIT_TAG = "a"
-_SCAN_CHUNK = 1 << 16
+USAGE_TAG: Final = "u"
+AUDIT_TAG: Final = "a"
+_SCAN_CHUNK: Final = 1 << 16
 
 
 Position = tuple[int, int]
 """(segment, byte offset) in the journal."""
-_OFFSET_BITS = 40
+_OFFSET_BITS: Final = 40
 
 
 class PublishedPosition:
@@ -101,9 +101,14 @@ def encode(usage: Sequence[UsageFields], audit: Sequence[AuditEntry]) -> bytes:
     return b"".join(lines)
 
 
+_dumps: Final = orjson.dumps
+_APPEND_NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
+"""Held here, not looked up on the module per row (compiled: two attribute lookups, ~10% of a row)."""
+
+
 def _usage_line(row: UsageFields) -> bytes:
     # A tuple concatenation, not `(USAGE_TAG, *row)`: compiled, the unpacking goes through a list (1.5x).
-    return orjson.dumps((USAGE_TAG,) + row, option=orjson.OPT_APPEND_NEWLINE)  # noqa: RUF005
+    return _dumps((USAGE_TAG,) + row, option=_APPEND_NEWLINE)  # noqa: RUF005
 
 
 def decode(line: bytes) -> UsageRow | AuditEntry:
@@ -204,9 +209,16 @@ class LedgerJournal:
     def append(self, usage: Sequence[UsageFields], audit: Sequence[AuditEntry] = ()) -> None:
         """Make rows durable (against the process being killed) before returning; OSError when they
         could not be (a full disk): the caller must not report them to the client."""
+        self._write(encode(usage, audit))
+
+    def append_usage(self, row: UsageFields) -> None:
+        """`append` of one usage row and no audit entry: every request's settlement (without the lists and
+        the join of the general form, about 1,000 instructions of the ~20,000 a governed request adds)."""
+        self._write(_usage_line(row))
+
+    def _write(self, data: bytes) -> None:
         if self.closed:
             raise OSError("the ledger journal is closed")
-        data = encode(usage, audit)
         segment, offset = self._written
         try:
             # A regular file takes the whole write unless the disk is full, which raises. (An index, not

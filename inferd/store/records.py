@@ -7,19 +7,19 @@ configured currency (`cost_micros`), so sums and budget checks are exact.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from inferd.qos import Tier
 
 Role = Literal["admin", "user"]
-ROLES: tuple[Role, ...] = ("admin", "user")
+ROLES: Final[tuple[Role, ...]] = ("admin", "user")
 PayloadPolicy = Literal["none", "metadata", "full"]
-PAYLOAD_POLICIES: tuple[PayloadPolicy, ...] = ("none", "metadata", "full")
+PAYLOAD_POLICIES: Final[tuple[PayloadPolicy, ...]] = ("none", "metadata", "full")
 Period = Literal["day", "month", "total"]
-PERIODS: tuple[Period, ...] = ("day", "month", "total")
+PERIODS: Final[tuple[Period, ...]] = ("day", "month", "total")
 Scope = Literal["tenant", "workflow"]
-SCOPES: tuple[Scope, ...] = ("tenant", "workflow")
-MICROS = 1_000_000
+SCOPES: Final[tuple[Scope, ...]] = ("tenant", "workflow")
+MICROS: Final = 1_000_000
 
 
 @dataclass(frozen=True)

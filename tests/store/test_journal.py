@@ -239,6 +239,21 @@ def test_a_failed_write_raises_and_is_not_counted(tmp_path: Path) -> None:
         store.close()
 
 
+def test_one_row_appended_alone_is_the_same_line(tmp_path: Path) -> None:
+    """`append_usage` (each request's settlement) writes what `append` of the one row writes."""
+    odd = row(1, workflow='ünïcode "quoted"\n\t')
+    general = LedgerJournal(tmp_path / "a")
+    general.append([odd])
+    general.close()
+    alone = LedgerJournal(tmp_path / "b")
+    alone.append_usage(odd)
+    assert alone.offset == general.offset
+    alone.close()
+    with pytest.raises(OSError, match="closed"):
+        alone.append_usage(row(2))
+    assert segment_path(tmp_path / "a", 0).read_bytes() == segment_path(tmp_path / "b", 0).read_bytes()
+
+
 def test_a_segment_imported_but_left_by_a_crash_is_deleted_at_the_next_start(tmp_path: Path) -> None:
     directory = tmp_path / "ledger"
     journal = LedgerJournal(directory, segment_bytes=300)
