@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from inferd.store.records import AuditEntry, UsageRow
+from inferd.store.records import AuditEntry
 
 USAGE_COLUMNS = (
     "request_id, time, tenant, key_id, workflow, model, version, protocol, prompt_tokens, "
@@ -29,7 +29,7 @@ def audit_params(entry: AuditEntry) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def insert_usage(conn: sqlite3.Connection, usage: Sequence[UsageRow]) -> None:
+def insert_usage(conn: sqlite3.Connection, usage: Sequence[Sequence[Any]]) -> None:
     """Multi-row INSERTs: one statement step (one release and re-acquisition of the GIL) per chunk instead
     of one per row: a thread that must win the GIL back from a busy event loop waits up to the switch
     interval each time."""
@@ -37,10 +37,12 @@ def insert_usage(conn: sqlite3.Connection, usage: Sequence[UsageRow]) -> None:
     for i in range(0, len(usage), ROWS_PER_INSERT):
         chunk = usage[i : i + ROWS_PER_INSERT]
         sql = f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES " + ", ".join([one] * len(chunk))
-        conn.execute(sql, [value for row in chunk for value in row])  # a UsageRow is a tuple in column order
+        conn.execute(sql, [value for row in chunk for value in row])  # each row's fields in column order
 
 
-def append_rows(conn: sqlite3.Connection, usage: Sequence[UsageRow], audit: Sequence[AuditEntry]) -> None:
+def append_rows(
+    conn: sqlite3.Connection, usage: Sequence[Sequence[Any]], audit: Sequence[AuditEntry]
+) -> None:
     """Insert ledger rows and audit entries inside the caller's transaction."""
     if usage:
         insert_usage(conn, usage)
