@@ -30,6 +30,7 @@ MODULES = (
     "inferd.gateway.policy",
     "inferd.gateway.ratelimit",
     "inferd.gateway.stage",
+    "inferd.metrics.request_totals",
     "inferd.metrics.usage_totals",
     "inferd.server.http_headers",
     "inferd.server.usage_headers",

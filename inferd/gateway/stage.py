@@ -384,8 +384,7 @@ class Gateway:
         m = self.metrics
         if isinstance(exc, NotFound) or not self.dataplane.model_exists(model):
             model, version = UNKNOWN_MODEL, ""  # client-chosen names must not create metric series
-        m.requests.labels(model, version, ctx.protocol, ctx.status_of(exc)).inc()
-        m.request_duration.labels(model, version, ctx.protocol).observe(time.perf_counter() - start)
+        m.requests.add(model, version, ctx.protocol, ctx.status_of(exc), time.perf_counter() - start)
 
 
 def _one_inference(_: Sequence[InferResponse]) -> Consumed:

@@ -6,10 +6,13 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
+from inferd.metrics.request_totals import RequestTotals
 from inferd.metrics.usage_totals import UsageTotals
 from inferd.store.records import MICROS
 
@@ -27,19 +30,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "inferd_requests",
-            "Requests handled, by outcome code of the protocol.",
-            ["model", "version", "protocol", "code"],
-            registry=r,
-        )
-        self.request_duration = Histogram(
-            "inferd_request_duration_seconds",
-            "Time from a request's arrival at the gateway to its response.",
-            ["model", "version", "protocol"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.requests = RequestTotals(LATENCY_BUCKETS)
+        """`inferd_requests_total` and `inferd_request_duration_seconds`, exported by `_RequestCollector`."""
+        r.register(_RequestCollector(self.requests))
         self.queue_duration = Histogram(
             "inferd_queue_duration_seconds",
             "Time requests waited in the batcher queue.",
@@ -188,5 +181,48 @@ class _UsageCollector(Collector):
                 "Requests that declared themselves retries (Idempotency-Key seen before, or "
                 "x-inferd-retry-of).",
                 labels=["tenant"],
+            ),
+        )
+
+
+class _RequestCollector(Collector):
+    """`inferd_requests_total` and `inferd_request_duration_seconds`, read from the request path's totals
+    at scrape time, in the form `prometheus_client`'s own counter and histogram export (with `_created`)."""
+
+    def __init__(self, totals: RequestTotals) -> None:
+        self.totals = totals
+        # `le` labels spelled as prometheus_client spells its own histograms' (`1.0`, `0.0005`).
+        self._bounds = [floatToGoString(b) for b in totals.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        requests, duration = self._families()
+        for (model, version, protocol), s in list(self.totals.series.items()):
+            for code, n in list(s.codes.items()):
+                requests.add_metric([model, version, protocol, code], n, created=s.created)
+            cumulative, buckets = 0, []
+            for bound, n in zip(self._bounds, list(s.buckets), strict=True):
+                cumulative += n
+                buckets.append((bound, float(cumulative)))
+            labels = [model, version, protocol]
+            duration.add_metric(labels, buckets, s.sum)
+            created = dict(zip(duration._labelnames, labels, strict=True))
+            duration.samples.append(Sample(duration.name + "_created", created, s.created))
+        return iter((requests, duration))
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "inferd_requests",
+                "Requests handled, by outcome code of the protocol.",
+                labels=["model", "version", "protocol", "code"],
+            ),
+            HistogramMetricFamily(
+                "inferd_request_duration_seconds",
+                "Time from a request's arrival at the gateway to its response.",
+                labels=["model", "version", "protocol"],
             ),
         )

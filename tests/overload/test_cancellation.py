@@ -94,10 +94,9 @@ def _status(state: Path, request_id: str, expected: str) -> None:
 
 
 def _requests_with_code(running: RunningServer, code: str) -> float:
-    family = running.server.metrics.requests
     return sum(
         sample.value
-        for metric in family.collect()
+        for metric in running.server.metrics.registry.collect()
         for sample in metric.samples
-        if sample.name.endswith("_total") and sample.labels.get("code") in (code, "CANCELLED")
+        if sample.name == "inferd_requests_total" and sample.labels.get("code") in (code, "CANCELLED")
     )
