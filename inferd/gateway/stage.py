@@ -190,8 +190,13 @@ class Gateway:
             )
 
     def workflow(self, ctx: CallContext, user: str | None = None) -> str:
-        """The call's workflow: the `x-inferd-workflow` header, else the OpenAI `user` field."""
-        return (ctx.workflow_header or user or "")[:256]
+        """The call's workflow: the `x-inferd-workflow` header, else the OpenAI `user` field. Without NUL
+        characters: the budget book names a tenant's own counters with one (`budgets.ALL_WORKFLOWS`), and a
+        workflow of that name would settle each request twice into them."""
+        workflow = ctx.workflow_header or user or ""
+        if "\x00" in workflow:
+            workflow = workflow.replace("\x00", "")
+        return workflow[:256]
 
     # -- quality of service --------------------------------------------------------------------------
 

@@ -163,3 +163,19 @@ def test_retries_are_linked(governed: Governed) -> None:
     assert by_workflow["flaky"]["retry_rate"] == pytest.approx(0.5)
     assert (by_workflow["steady"]["requests"], by_workflow["steady"]["retries"]) == (1, 0)
     assert metric(governed, "inferd_retries_total", tenant=tenant) == 2
+
+
+def test_a_workflow_named_like_the_tenants_own_counters_counts_once(governed: Governed) -> None:
+    """The budget book names a tenant's own counters with a NUL character: a workflow sent with one (the
+    OpenAI `user` field is any JSON string) loses it, so its requests are not settled twice."""
+    admin = governed.admin
+    tenant = admin.tenant("nul-workflow")
+    _, key = admin.create_key(tenant, models=["alpha*"])
+    admin.budget(tenant, period="total", max_requests=2)
+    body = chat(max_tokens=1, user="\x00all")
+    assert post(governed, key, "/v1/chat/completions", body).status_code == 200
+    (status,) = admin.budgets(tenant)
+    assert status["used_requests"] == 1
+    assert post(governed, key, "/v1/chat/completions", body).status_code == 200
+    assert post(governed, key, "/v1/chat/completions", body).status_code == 429
+    assert [row["workflow"] for row in admin.usage(tenant, by="workflow")] == ["all"]
