@@ -206,10 +206,9 @@ class _RequestCollector(Collector):
             for bound, n in zip(self._bounds, list(s.buckets), strict=True):
                 cumulative += n
                 buckets.append((bound, float(cumulative)))
-            labels = [model, version, protocol]
-            duration.add_metric(labels, buckets, s.sum)
-            created = dict(zip(duration._labelnames, labels, strict=True))
-            duration.samples.append(Sample(duration.name + "_created", created, s.created))
+            duration.add_metric([model, version, protocol], buckets, s.sum)
+            labels = {"model": model, "version": version, "protocol": protocol}
+            duration.samples.append(Sample(duration.name + "_created", labels, s.created))
         return iter((requests, duration))
 
     @staticmethod
