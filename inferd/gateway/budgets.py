@@ -150,9 +150,6 @@ class Counts:
         self.cost_micros += sign * amount.cost_micros
         self.requests += sign * amount.requests
 
-    def is_zero(self) -> bool:
-        return self.tokens == 0 and self.cost_micros == 0 and self.requests == 0
-
     def amount(self) -> Amount:
         return Amount(self.tokens, self.cost_micros, self.requests)
 

@@ -111,17 +111,30 @@ def _usage_line(row: UsageFields) -> bytes:
     return _dumps((USAGE_TAG,) + row, option=_APPEND_NEWLINE)  # noqa: RUF005
 
 
+def record_tag(value: Any) -> str | None:
+    """USAGE_TAG or AUDIT_TAG when `value` (a parsed journal line) is a well-formed record of that kind,
+    else None."""
+    if not isinstance(value, list) or not value:
+        return None
+    tag = value[0]
+    if tag == USAGE_TAG and len(value) == 1 + len(UsageRow._fields):
+        return USAGE_TAG
+    if tag == AUDIT_TAG and len(value) == 1 + AUDIT_FIELDS and isinstance(value[-1], dict):
+        return AUDIT_TAG
+    return None
+
+
 def decode(line: bytes) -> UsageRow | AuditEntry:
     """One journal line back into its record; ValueError when the line is not one."""
     value: Any = orjson.loads(line)
+    tag = record_tag(value)
+    if tag == USAGE_TAG:
+        return UsageRow(*value[1:])
+    if tag == AUDIT_TAG:
+        return AuditEntry(*value[1:])
     if not isinstance(value, list) or not value:
         raise ValueError("not a journal record")
-    tag, fields = value[0], value[1:]
-    if tag == USAGE_TAG and len(fields) == len(UsageRow._fields):
-        return UsageRow(*fields)
-    if tag == AUDIT_TAG and len(fields) == AUDIT_FIELDS and isinstance(fields[-1], dict):
-        return AuditEntry(*fields)
-    raise ValueError(f"not a journal record: tag {tag!r} with {len(fields)} fields")
+    raise ValueError(f"not a journal record: tag {value[0]!r} with {len(value) - 1} fields")
 
 
 def complete_length(fd: int, size: int) -> int:
